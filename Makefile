@@ -1,0 +1,46 @@
+# The two commands that matter: `make run` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8501
+
+.PHONY: setup setup-dev run worker test test-fast lint format bench rebuild-llama clean
+
+setup:
+	@bash scripts/setup.sh
+
+setup-dev:
+	@bash scripts/setup.sh --dev
+
+## Set everything up and start the dashboard on the embedded SQLite store.
+run: setup
+	$(VENV)/bin/streamlit run streamlit_app.py --server.port $(PORT)
+
+## A worker process beside the dashboard (optional; the dashboard has its own).
+worker: setup
+	$(VENV)/bin/storybench worker
+
+## Set everything up and pass the whole test suite, slow real-model tests included.
+test: setup-dev lint
+	$(PY) -m pytest -q
+
+test-fast: setup-dev
+	$(PY) -m pytest -q -m "not slow"
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) bench/throughput.py
+
+## Rebuild llama-cpp-python from source with this machine's flags (AMX off), ignoring pip's wheel cache.
+rebuild-llama: setup
+	CMAKE_ARGS="$$(bash scripts/cmake_args.sh)" $(PY) -m pip install --no-cache-dir --force-reinstall --no-deps \
+		"$$(grep '^llama-cpp-python' requirements.txt)"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache tests/artifacts

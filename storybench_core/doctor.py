@@ -1,0 +1,78 @@
+"""`storybench doctor`: is this installation able to run an evaluation?"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Literal["ok", "warn", "fail"]
+    detail: str
+
+
+def run_checks(store_uri: str | None = None) -> list[Check]:
+    return [_python(), *_llama(), _store(store_uri), _bundled(), _gpu()]
+
+
+def _python() -> Check:
+    v = sys.version_info
+    ok = v >= (3, 11)
+    return Check("python", "ok" if ok else "fail", f"{v.major}.{v.minor}.{v.micro}" + ("" if ok else " (needs 3.11+)"))
+
+
+def _llama() -> list[Check]:
+    from .hardware import llama_build_info
+
+    info = llama_build_info()
+    if not info.get("available"):
+        return [Check("llama-cpp-python", "fail", f"not importable: {info.get('error')} — run `make setup`")]
+    checks = [Check("llama-cpp-python", "ok", f"version {info.get('version')}, GPU offload {'yes' if info.get('gpu_offload') else 'no'}")]
+    system = str(info.get("system_info", ""))
+    checks.append(Check("llama.cpp build flags", "ok", system.strip() or "(no system info reported)"))
+    if "AMX_INT8 = 1" in system or "AMX = 1" in system:
+        checks.append(
+            Check(
+                "AMX",
+                "warn",
+                "this build uses AMX; inside VMs that advertise but do not run AMX it segfaults at the first decode — "
+                "rebuild with `make rebuild-llama` (AMX off)",
+            )
+        )
+    return checks
+
+
+def _store(uri: str | None) -> Check:
+    from .errors import StorybenchError
+    from .store.factory import open_store
+
+    try:
+        store = open_store(uri)
+        store.ping()
+        where = store.describe()
+        store.close()
+    except StorybenchError as exc:
+        return Check("store", "fail", str(exc))
+    return Check("store", "ok", where)
+
+
+def _bundled() -> Check:
+    from .bundled import bundled_model_path
+
+    path = bundled_model_path()
+    if path.is_file():
+        return Check("bundled model", "ok", f"{path} ({path.stat().st_size / 1e6:.0f} MB)")
+    return Check("bundled model", "warn", f"not assembled yet at {path}; run `storybench models prepare`")
+
+
+def _gpu() -> Check:
+    from .hardware import hardware_snapshot
+
+    snap = hardware_snapshot()
+    if snap.gpus:
+        names = ", ".join(f"{g.name} ({g.vram_free_bytes / 1024**3:.1f} GiB free)" for g in snap.gpus)
+        return Check("GPU", "ok", names)
+    return Check("GPU", "ok", f"none seen — models run on CPU ({snap.nvml_error or 'no NVIDIA device'})")

@@ -1,0 +1,1 @@
+"""Storage behind one protocol (base.Store): SQLite by default, MongoDB when configured."""

@@ -1,0 +1,131 @@
+"""The Store seam: one protocol, two backends (sqlite.py, mongo.py).
+
+Documents are plain dicts with the same fields in both backends (README,
+"Data"). Ids are strings (uuid4 hex). Datetimes are timezone-aware UTC
+`datetime` objects on the way in and out. Every write of a response is an
+upsert on its unique `task_key`, which makes resume and several workers safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+Doc = dict[str, Any]
+
+EVALUATION_STATUSES = ("queued", "running", "stopping", "stopped", "completed", "failed")
+ACTIVE_STATUSES = ("queued", "running", "stopping")
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence for evaluations, responses, judgements, events, verdicts and votes."""
+
+    # --- identity -----------------------------------------------------------
+    def describe(self) -> str:
+        """Human-readable location with any password masked, e.g. 'sqlite:/x/storybench.db'."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StoreError with a fix hint if the store is unreachable."""
+        ...
+
+    def close(self) -> None: ...
+
+    # --- evaluations --------------------------------------------------------
+    def create_evaluation(self, doc: Doc) -> str:
+        """Insert a new evaluation (id assigned if missing); returns its id."""
+        ...
+
+    def get_evaluation(self, evaluation_id: str) -> Doc | None: ...
+
+    def list_evaluations(self, statuses: Iterable[str] | None = None, limit: int | None = None) -> list[Doc]:
+        """Newest first."""
+        ...
+
+    def update_evaluation(self, evaluation_id: str, fields: Doc) -> None:
+        """Set the given top-level fields."""
+        ...
+
+    def transition_evaluation(
+        self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc
+    ) -> bool:
+        """Atomically set fields only if the status is one of from_statuses; True if it did."""
+        ...
+
+    def claim_next_evaluation(self, worker_id: str, now: datetime) -> Doc | None:
+        """Atomically move the oldest queued evaluation to running for this worker.
+
+        Sets status=running, worker_id, heartbeat_at=now and started_at=now (if
+        unset). Returns the updated document, or None when nothing is queued.
+        Never hands one evaluation to two workers.
+        """
+        ...
+
+    def delete_evaluation(self, evaluation_id: str) -> None:
+        """Remove the evaluation and everything attached to it."""
+        ...
+
+    # --- responses ----------------------------------------------------------
+    def upsert_response(self, doc: Doc) -> str:
+        """Insert or replace by task_key; returns the response id (kept on replace)."""
+        ...
+
+    def get_response(self, response_id: str) -> Doc | None: ...
+
+    def list_responses(
+        self,
+        evaluation_id: str | None = None,
+        *,
+        model_name: str | None = None,
+        sequence: str | None = None,
+        run: int | None = None,
+        prompt_index: int | None = None,
+        include_messages: bool = True,
+    ) -> list[Doc]:
+        """Matching responses ordered by (evaluation, model, sequence, run, prompt_index)."""
+        ...
+
+    def count_responses(self, evaluation_id: str, *, errors: bool | None = None) -> int:
+        """Count responses; errors=True only failed ones, False only successful ones."""
+        ...
+
+    def completed_task_keys(self, evaluation_id: str) -> set[str]:
+        """task_keys of responses stored without error."""
+        ...
+
+    # --- judgements ---------------------------------------------------------
+    def add_judgement(self, doc: Doc) -> str:
+        """Insert a judgement; unique on (response_id, judge_model, rubric_hash, attempt)."""
+        ...
+
+    def list_judgements(
+        self,
+        evaluation_id: str | None = None,
+        *,
+        response_id: str | None = None,
+        judge_model: str | None = None,
+    ) -> list[Doc]: ...
+
+    # --- events (the run console) ------------------------------------------
+    def append_event(self, evaluation_id: str, level: str, message: str, **fields: Any) -> int:
+        """Append a console line; returns its 1-based sequence number within the evaluation."""
+        ...
+
+    def list_events(self, evaluation_id: str, after_seq: int = 0, limit: int | None = None) -> list[Doc]:
+        """Events with seq > after_seq, oldest first."""
+        ...
+
+    # --- pairwise verdicts and human votes -----------------------------------
+    def add_verdict(self, doc: Doc) -> str:
+        """Insert a pairwise verdict; unique on verdict_key."""
+        ...
+
+    def list_verdicts(self, evaluation_id: str | None = None, *, judge: str | None = None) -> list[Doc]: ...
+
+    def add_vote(self, doc: Doc) -> str:
+        """Insert a human vote; unique on (voter, pair_key). Raises StoreError on a repeat."""
+        ...
+
+    def list_votes(self, evaluation_id: str | None = None, *, voter: str | None = None) -> list[Doc]: ...

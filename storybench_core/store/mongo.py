@@ -1,0 +1,423 @@
+"""MongoDB store via pymongo: for a team sharing one database.
+
+The only module that imports pymongo; its errors become StoreError here.
+Documents keep our string id as `_id`. Unique indexes carry the invariants
+(task_key, judgement attempt, event seq, verdict_key, vote), so several
+workers on several machines can write without duplicates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+
+from storybench_core.errors import StoreError
+from storybench_core.store.base import Doc
+from storybench_core.store.factory import mask_uri
+from storybench_core.store.sqlite import DOCUMENT_FIELDS
+
+T = TypeVar("T")
+
+BATCH_SIZE = 500  # larger single batches have stalled nx-27017 for minutes
+RETRY_DELAYS_S = (0.2, 0.5, 1.0)
+
+# collection -> list of (keys, unique)
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
+    "evaluations": [([("status", ASCENDING), ("created_at", ASCENDING)], False),
+                    ([("created_at", DESCENDING)], False)],
+    "responses": [([("task_key", ASCENDING)], True),
+                  ([("evaluation_id", ASCENDING), ("model_name", ASCENDING), ("sequence", ASCENDING),
+                    ("run", ASCENDING), ("prompt_index", ASCENDING)], False)],
+    "judgements": [([("response_id", ASCENDING), ("judge_model", ASCENDING), ("rubric_hash", ASCENDING),
+                     ("attempt", ASCENDING)], True),
+                   ([("evaluation_id", ASCENDING), ("judge_model", ASCENDING)], False)],
+    "events": [([("evaluation_id", ASCENDING), ("seq", ASCENDING)], True)],
+    "verdicts": [([("verdict_key", ASCENDING)], True),
+                 ([("evaluation_id", ASCENDING), ("judge", ASCENDING)], False)],
+    "votes": [([("voter", ASCENDING), ("pair_key", ASCENDING)], True),
+              ([("evaluation_id", ASCENDING)], False)],
+}  # fmt: skip
+
+RESPONSE_ORDER = [("evaluation_id", 1), ("model_name", 1), ("sequence", 1), ("run", 1), ("prompt_index", 1)]
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _clean(doc: Doc) -> Doc:
+    """Top-level NaN becomes None (a failed judgement has no score), as in the SQLite store."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in doc.items()}
+
+
+def _to_mongo(doc: Doc) -> Doc:
+    out = _clean(doc)
+    out["_id"] = out.pop("id")
+    return out
+
+
+class MongoStore:
+    """Store backed by a MongoDB database (or any server speaking its wire protocol)."""
+
+    def __init__(self, uri: str, db_name: str = "storybench", *, timeout_ms: int = 3000) -> None:
+        self.uri = uri
+        self.db_name = db_name
+        options: dict[str, Any] = {"tz_aware": True, "tzinfo": UTC, "appname": "storybench"}
+        lowered = uri.lower()
+        # Fail fast when the server is down, unless the URI chose its own timeouts.
+        if "serverselectiontimeoutms" not in lowered:
+            options["serverSelectionTimeoutMS"] = timeout_ms
+        if "connecttimeoutms" not in lowered:
+            options["connectTimeoutMS"] = timeout_ms
+        try:
+            self._client: MongoClient[Doc] = MongoClient(uri, **options)
+        except (PyMongoError, ValueError) as exc:
+            raise StoreError(
+                f"invalid MongoDB URI {mask_uri(uri)}: {exc}. Check STORYBENCH_MONGODB_URI."
+            ) from exc
+        self._db = self._client[db_name]
+        try:
+            self.ensure_indexes()
+        except StoreError:
+            self._client.close()
+            raise
+
+    # --- plumbing -----------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one database operation, retrying transient network errors with backoff."""
+        for attempt in range(len(RETRY_DELAYS_S) + 1):
+            try:
+                return fn()
+            except DuplicateKeyError:
+                raise  # callers turn it into a message about their own key
+            except ServerSelectionTimeoutError as exc:
+                raise StoreError(
+                    f"cannot reach MongoDB at {mask_uri(self.uri)} ({what}): no server answered "
+                    "within the timeout. Check that it is running and that STORYBENCH_MONGODB_URI "
+                    "is right."
+                ) from exc
+            except AutoReconnect as exc:  # includes NetworkTimeout
+                if attempt == len(RETRY_DELAYS_S):
+                    raise StoreError(
+                        f"lost the connection to MongoDB at {mask_uri(self.uri)} ({what}) after "
+                        f"{attempt + 1} tries: {exc}. Check the network and STORYBENCH_MONGODB_URI."
+                    ) from exc
+                time.sleep(RETRY_DELAYS_S[attempt])
+            except ConnectionFailure as exc:
+                raise StoreError(
+                    f"cannot connect to MongoDB at {mask_uri(self.uri)} ({what}): {exc}. "
+                    "Check STORYBENCH_MONGODB_URI (host, credentials, TLS)."
+                ) from exc
+            except PyMongoError as exc:
+                raise StoreError(f"MongoDB at {mask_uri(self.uri)} failed ({what}): {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _doc(self, collection: str, raw: Doc | None) -> Doc | None:
+        """Our shape: `id` instead of `_id`, every documented field present."""
+        if raw is None:
+            return None
+        raw = dict(raw)
+        _id = raw.pop("_id", None)
+        doc: Doc = dict.fromkeys(DOCUMENT_FIELDS[collection])
+        doc.update(raw)
+        if "id" in doc:
+            doc["id"] = _id
+        return doc
+
+    def _find(
+        self,
+        collection: str,
+        query: Doc,
+        sort: list[tuple[str, int]],
+        limit: int | None = None,
+        projection: Doc | None = None,
+    ) -> list[Doc]:
+        def run() -> list[Doc]:
+            cursor = self._db[collection].find(query, projection).sort(sort)
+            if limit is not None:
+                cursor = cursor.limit(limit)
+            return list(cursor)
+
+        return [self._doc(collection, r) or {} for r in self._call(f"read {collection}", run)]
+
+    @staticmethod
+    def _filters(**filters: Any) -> Doc:
+        return {k: v for k, v in filters.items() if v is not None}
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes (idempotent); also the first contact with the server."""
+        for collection, specs in INDEXES.items():
+            for keys, unique in specs:
+                name = "_".join(k for k, _ in keys) + ("_unique" if unique else "")
+                self._call(
+                    f"create index {collection}.{name}",
+                    lambda c=collection, k=keys, u=unique, n=name: self._db[c].create_index(
+                        k, unique=u, name=n
+                    ),
+                )
+
+    # --- identity -----------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"{mask_uri(self.uri)} (database {self.db_name})"
+
+    def ping(self) -> None:
+        self._call("ping", lambda: self._client.admin.command("ping"))
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- evaluations --------------------------------------------------------
+
+    def create_evaluation(self, doc: Doc) -> str:
+        doc = {**doc, "id": doc.get("id") or _new_id()}
+        doc.setdefault("created_at", _now())
+        doc.setdefault("status", "queued")
+        try:
+            self._call("create evaluation", lambda: self._db.evaluations.insert_one(_to_mongo(doc)))
+        except DuplicateKeyError as exc:
+            raise StoreError(f"an evaluation with id {doc['id']} already exists") from exc
+        return doc["id"]
+
+    def get_evaluation(self, evaluation_id: str) -> Doc | None:
+        found = self._find("evaluations", {"_id": evaluation_id}, [("_id", 1)])
+        return found[0] if found else None
+
+    def list_evaluations(self, statuses: Iterable[str] | None = None, limit: int | None = None) -> list[Doc]:
+        query = {} if statuses is None else {"status": {"$in": list(statuses)}}
+        return self._find("evaluations", query, [("created_at", -1), ("_id", -1)], limit)
+
+    def update_evaluation(self, evaluation_id: str, fields: Doc) -> None:
+        if not self._set_evaluation(evaluation_id, {"_id": evaluation_id}, fields):
+            raise StoreError(f"evaluation {evaluation_id} not found in MongoDB (was it deleted?)")
+
+    def transition_evaluation(self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc) -> bool:
+        query = {"_id": evaluation_id, "status": {"$in": list(from_statuses)}}
+        return self._set_evaluation(evaluation_id, query, fields)
+
+    def _set_evaluation(self, evaluation_id: str, query: Doc, fields: Doc) -> bool:
+        fields = _clean(fields)
+        if fields.pop("id", evaluation_id) != evaluation_id:
+            raise StoreError(f"cannot change the id of evaluation {evaluation_id}")
+        if not fields:
+            return self._call("find evaluation", lambda: self._db.evaluations.count_documents(query, limit=1)) > 0
+        result = self._call("update evaluation", lambda: self._db.evaluations.update_one(query, {"$set": fields}))
+        return result.matched_count > 0
+
+    def claim_next_evaluation(self, worker_id: str, now: datetime) -> Doc | None:
+        claimed = self._call(
+            "claim evaluation",
+            lambda: self._db.evaluations.find_one_and_update(
+                {"status": "queued"},
+                {"$set": {"status": "running", "worker_id": worker_id, "heartbeat_at": now}},
+                sort=[("created_at", ASCENDING), ("_id", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            ),
+        )
+        if claimed is None:
+            return None
+        if claimed.get("started_at") is None:
+            # Only this worker owns it now, so a second step is safe; a requeued job keeps its start.
+            self._call(
+                "claim evaluation",
+                lambda: self._db.evaluations.update_one(
+                    {"_id": claimed["_id"], "started_at": None}, {"$set": {"started_at": now}}
+                ),
+            )
+            claimed["started_at"] = now
+        return self._doc("evaluations", claimed)
+
+    def delete_evaluation(self, evaluation_id: str) -> None:
+        ids = [
+            r["_id"]
+            for r in self._call(
+                "list responses",
+                lambda: list(self._db.responses.find({"evaluation_id": evaluation_id}, {"_id": 1})),
+            )
+        ]
+        for start in range(0, len(ids), BATCH_SIZE):
+            batch = ids[start : start + BATCH_SIZE]
+            self._call(
+                "delete judgements",
+                lambda b=batch: self._db.judgements.delete_many({"response_id": {"$in": b}}),
+            )
+        for name in ("judgements", "responses", "events", "verdicts", "votes"):
+            self._call(f"delete {name}", lambda n=name: self._db[n].delete_many({"evaluation_id": evaluation_id}))
+        self._call("delete counter", lambda: self._db.counters.delete_one({"_id": f"events:{evaluation_id}"}))
+        self._call("delete evaluation", lambda: self._db.evaluations.delete_one({"_id": evaluation_id}))
+
+    # --- responses ----------------------------------------------------------
+
+    def upsert_response(self, doc: Doc) -> str:
+        task_key = doc.get("task_key")
+        if not task_key:
+            raise StoreError("a response needs a task_key (evaluation/model/sequence/run/prompt)")
+        doc = dict(doc)
+        doc.setdefault("created_at", _now())
+        for _ in range(3):  # a racing insert of the same task_key turns the next pass into a replace
+            old = self._call("find response", lambda: self._db.responses.find_one({"task_key": task_key}, {"_id": 1}))
+            if old is not None:
+                doc["id"] = old["_id"]
+                result = self._call(
+                    "replace response",
+                    lambda o=old: self._db.responses.replace_one(
+                        {"_id": o["_id"], "task_key": task_key}, _to_mongo(doc)
+                    ),
+                )
+                if result.matched_count:
+                    return doc["id"]
+                continue  # deleted meanwhile: insert instead
+            doc["id"] = doc.get("id") or _new_id()
+            try:
+                self._call("insert response", lambda: self._db.responses.insert_one(_to_mongo(doc)))
+                return doc["id"]
+            except DuplicateKeyError:
+                doc.pop("id")
+        raise StoreError(f"could not upsert response {task_key}: it kept changing under concurrent writers")
+
+    def get_response(self, response_id: str) -> Doc | None:
+        found = self._find("responses", {"_id": response_id}, [("_id", 1)])
+        return found[0] if found else None
+
+    def list_responses(
+        self,
+        evaluation_id: str | None = None,
+        *,
+        model_name: str | None = None,
+        sequence: str | None = None,
+        run: int | None = None,
+        prompt_index: int | None = None,
+        include_messages: bool = True,
+    ) -> list[Doc]:
+        query = self._filters(
+            evaluation_id=evaluation_id, model_name=model_name, sequence=sequence, run=run, prompt_index=prompt_index
+        )
+        projection = None if include_messages else {"messages": 0}
+        docs = self._find("responses", query, RESPONSE_ORDER, projection=projection)
+        if not include_messages:
+            for d in docs:
+                d.pop("messages", None)
+        return docs
+
+    def count_responses(self, evaluation_id: str, *, errors: bool | None = None) -> int:
+        query: Doc = {"evaluation_id": evaluation_id}
+        if errors is True:
+            query["error"] = {"$nin": [None, ""]}
+        elif errors is False:
+            query["error"] = {"$in": [None, ""]}
+        return self._call("count responses", lambda: self._db.responses.count_documents(query))
+
+    def completed_task_keys(self, evaluation_id: str) -> set[str]:
+        rows = self._call(
+            "list task keys",
+            lambda: list(
+                self._db.responses.find(
+                    {"evaluation_id": evaluation_id, "error": {"$in": [None, ""]}}, {"task_key": 1}
+                )
+            ),
+        )
+        return {r["task_key"] for r in rows}
+
+    # --- judgements, verdicts, votes -----------------------------------------
+
+    def _add_unique(self, collection: str, doc: Doc, keys: tuple[str, ...], what: str) -> str:
+        missing = [k for k in keys if doc.get(k) is None]
+        if missing:
+            raise StoreError(f"a {what} needs {', '.join(missing)} (part of its unique key)")
+        doc = {**doc, "id": doc.get("id") or _new_id()}
+        doc.setdefault("created_at", _now())
+        try:
+            self._call(f"add {what}", lambda: self._db[collection].insert_one(_to_mongo(doc)))
+        except DuplicateKeyError as exc:
+            key = ", ".join(f"{k}={doc[k]!r}" for k in keys)
+            raise StoreError(f"a {what} with {key} already exists") from exc
+        return doc["id"]
+
+    def add_judgement(self, doc: Doc) -> str:
+        keys = ("response_id", "judge_model", "rubric_hash", "attempt")
+        return self._add_unique("judgements", doc, keys, "judgement")
+
+    def list_judgements(
+        self,
+        evaluation_id: str | None = None,
+        *,
+        response_id: str | None = None,
+        judge_model: str | None = None,
+    ) -> list[Doc]:
+        query = self._filters(evaluation_id=evaluation_id, response_id=response_id, judge_model=judge_model)
+        return self._find("judgements", query, [("created_at", 1), ("_id", 1)])
+
+    def add_verdict(self, doc: Doc) -> str:
+        return self._add_unique("verdicts", doc, ("verdict_key",), "verdict")
+
+    def list_verdicts(self, evaluation_id: str | None = None, *, judge: str | None = None) -> list[Doc]:
+        query = self._filters(evaluation_id=evaluation_id, judge=judge)
+        return self._find("verdicts", query, [("created_at", 1), ("_id", 1)])
+
+    def add_vote(self, doc: Doc) -> str:
+        return self._add_unique("votes", doc, ("voter", "pair_key"), "vote")
+
+    def list_votes(self, evaluation_id: str | None = None, *, voter: str | None = None) -> list[Doc]:
+        query = self._filters(evaluation_id=evaluation_id, voter=voter)
+        return self._find("votes", query, [("created_at", 1), ("_id", 1)])
+
+    # --- events -------------------------------------------------------------
+
+    def _next_seq(self, evaluation_id: str) -> int:
+        """Allocate the next event number atomically from a per-evaluation counter document."""
+        for _ in range(3):
+            try:
+                counter = self._call(
+                    "allocate event seq",
+                    lambda: self._db.counters.find_one_and_update(
+                        {"_id": f"events:{evaluation_id}"},
+                        {"$inc": {"seq": 1}},
+                        upsert=True,
+                        return_document=ReturnDocument.AFTER,
+                    ),
+                )
+                return int(counter["seq"])
+            except DuplicateKeyError:
+                continue  # two first upserts raced; the counter exists now
+        raise StoreError(f"could not allocate an event number for evaluation {evaluation_id}")
+
+    def append_event(self, evaluation_id: str, level: str, message: str, **fields: Any) -> int:
+        seq = self._next_seq(evaluation_id)
+        doc = {
+            **_clean(fields),
+            "_id": f"{evaluation_id}:{seq}",
+            "evaluation_id": evaluation_id,
+            "seq": seq,
+            "ts": fields.get("ts") or _now(),
+            "level": level,
+            "message": message,
+        }
+        try:
+            self._call("append event", lambda: self._db.events.insert_one(doc))
+        except DuplicateKeyError:
+            pass  # a retried insert whose first try had landed: the event is there
+        return seq
+
+    def list_events(self, evaluation_id: str, after_seq: int = 0, limit: int | None = None) -> list[Doc]:
+        query = {"evaluation_id": evaluation_id, "seq": {"$gt": after_seq}}
+        return self._find("events", query, [("seq", 1)], limit)
+

@@ -1,0 +1,514 @@
+"""SQLite store: the default backend, one file under STORYBENCH_HOME.
+
+Queried fields are real columns; nested values (config, messages, scores...)
+are JSON text; fields we don't know travel in an `extra` JSON column, so any
+document round-trips. One connection guarded by a lock serves every thread
+of this process (Streamlit spawns many short-lived threads, so a connection
+per thread would leak); WAL and busy_timeout let other processes (a separate
+`storybench worker`) share the file. Datetimes are stored as ISO-8601 UTC
+text with millisecond precision, the same precision MongoDB keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from storybench_core.errors import StoreError
+from storybench_core.store.base import Doc
+
+# field -> kind. Kinds: text, int, real, dt (datetime), json (nested value).
+COLUMNS: dict[str, dict[str, str]] = {
+    "evaluations": {
+        "id": "text", "name": "text", "config": "json", "config_hash": "text", "status": "text",
+        "created_at": "dt", "started_at": "dt", "finished_at": "dt", "total_tasks": "int",
+        "completed_tasks": "int", "failed_tasks": "int", "worker_id": "text", "heartbeat_at": "dt",
+        "error": "text",
+    },
+    "responses": {
+        "id": "text", "evaluation_id": "text", "task_key": "text", "model_name": "text",
+        "model_ref": "json", "sequence": "text", "run": "int", "prompt_index": "int",
+        "prompt_name": "text", "prompt_text": "text", "messages": "json", "response": "text",
+        "finish_reason": "text", "prompt_tokens": "int", "completion_tokens": "int",
+        "generation_time_s": "real", "tokens_per_s": "real", "seed": "int", "created_at": "dt",
+        "error": "text",
+    },
+    "judgements": {
+        "id": "text", "response_id": "text", "evaluation_id": "text", "judge_model": "text",
+        "rubric_hash": "text", "attempt": "int", "scores": "json", "overall": "real",
+        "raw_output": "text", "created_at": "dt", "error": "text",
+    },
+    "events": {
+        "evaluation_id": "text", "seq": "int", "ts": "dt", "level": "text", "message": "text",
+    },
+    "verdicts": {
+        "id": "text", "evaluation_id": "text", "verdict_key": "text", "pair_key": "text",
+        "judge": "text", "created_at": "dt",
+    },
+    "votes": {
+        "id": "text", "evaluation_id": "text", "voter": "text", "pair_key": "text", "created_at": "dt",
+    },
+}  # fmt: skip
+
+# The documented fields of each collection; both backends return every one of them
+# (None when unset), so callers see the same document shape everywhere.
+DOCUMENT_FIELDS: dict[str, tuple[str, ...]] = {name: tuple(cols) for name, cols in COLUMNS.items()}
+
+_SQL_TYPES = {"text": "TEXT", "int": "INTEGER", "real": "REAL", "dt": "TEXT", "json": "TEXT"}
+
+
+def _create_table(name: str, constraints: str = "") -> str:
+    cols = [f"{col} {_SQL_TYPES[kind]}" for col, kind in COLUMNS[name].items()]
+    cols.append("extra TEXT")
+    if constraints:
+        cols.append(constraints)
+    return f"CREATE TABLE {name} ({', '.join(cols)})"
+
+
+# Numbered migrations, applied in order, each in one transaction and recorded in
+# schema_migrations. Never edit a released migration: append a new one.
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "initial tables",
+        [
+            _create_table("evaluations", "PRIMARY KEY (id)"),
+            _create_table("responses", "PRIMARY KEY (id), UNIQUE (task_key)"),
+            _create_table(
+                "judgements", "PRIMARY KEY (id), UNIQUE (response_id, judge_model, rubric_hash, attempt)"
+            ),
+            _create_table("events", "PRIMARY KEY (evaluation_id, seq)"),
+            _create_table("verdicts", "PRIMARY KEY (id), UNIQUE (verdict_key)"),
+            _create_table("votes", "PRIMARY KEY (id), UNIQUE (voter, pair_key)"),
+        ],
+    ),
+    (
+        2,
+        "query indexes",
+        [
+            "CREATE INDEX evaluations_status_created ON evaluations (status, created_at)",
+            "CREATE INDEX evaluations_created ON evaluations (created_at)",
+            "CREATE INDEX responses_order"
+            " ON responses (evaluation_id, model_name, sequence, run, prompt_index)",
+            "CREATE INDEX judgements_evaluation ON judgements (evaluation_id, judge_model)",
+            "CREATE INDEX verdicts_evaluation ON verdicts (evaluation_id, judge)",
+            "CREATE INDEX votes_evaluation ON votes (evaluation_id, voter)",
+        ],
+    ),
+]
+
+
+# --- value encoding ---------------------------------------------------------
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC with millisecond precision (naive values are taken as UTC, like BSON does)."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _dt_text(value: datetime) -> str:
+    return utc(value).isoformat(timespec="milliseconds")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$date": _dt_text(value)}
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _json_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$date" in obj:
+        return datetime.fromisoformat(obj["$date"])
+    return obj
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_hook=_json_hook)
+
+
+def _encode(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "dt":
+        if not isinstance(value, datetime):
+            raise StoreError(f"expected a datetime, got {value!r}; pass datetime.now(UTC)")
+        return _dt_text(value)
+    if kind == "json":
+        return _dumps(value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _decode(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "dt":
+        return datetime.fromisoformat(value)
+    if kind == "json":
+        return _loads(value)
+    return value
+
+
+def _to_row(table: str, doc: Doc) -> dict[str, Any]:
+    """Split a document into column values plus the JSON of its unknown fields."""
+    cols = COLUMNS[table]
+    row = {col: _encode(kind, doc.get(col)) for col, kind in cols.items()}
+    extra = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in doc.items() if k not in cols
+    }
+    row["extra"] = _dumps(extra) if extra else None
+    return row
+
+
+def _to_doc(table: str, row: sqlite3.Row) -> Doc:
+    cols = COLUMNS[table]
+    keys = row.keys()
+    doc: Doc = {col: _decode(kind, row[col]) for col, kind in cols.items() if col in keys}
+    if row["extra"]:
+        doc.update(_loads(row["extra"]))
+    return doc
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return utc(datetime.now(UTC))
+
+
+class SQLiteStore:
+    """Store backed by one SQLite file (WAL mode, shared safely by threads and processes)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 15000) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+            )
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode survives a killed process; only power loss can drop
+            # the last few commits.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"cannot open the SQLite store at {self.path}: {exc}. Check that the folder is "
+                "writable, or point STORYBENCH_HOME elsewhere."
+            ) from exc
+        self._migrate()
+
+    # --- plumbing -----------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction under the process lock; BEGIN IMMEDIATE takes the file's write lock up front."""
+        with self._lock:
+            conn = self._conn
+            try:
+                if write:
+                    conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise
+                if conn.in_transaction:
+                    conn.commit()
+            except sqlite3.OperationalError as exc:
+                hint = (
+                    "another process held it too long; retry, or stop the other worker"
+                    if "locked" in str(exc) or "busy" in str(exc)
+                    else "check the disk and the file's permissions"
+                )
+                raise StoreError(f"SQLite store {self.path}: {exc} ({hint})") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            newest = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
+        known = MIGRATIONS[-1][0]
+        if newest > known:
+            raise StoreError(
+                f"the SQLite store {self.path} has schema version {newest}, but this Storybench "
+                f"knows only up to {known}. Upgrade Storybench, or point STORYBENCH_HOME elsewhere."
+            )
+        for version, name, statements in MIGRATIONS:
+            with self._tx() as conn:
+                # Re-check inside the write lock: another process may have just applied it.
+                done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,))
+                if done.fetchone():
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, _dt_text(_now())),
+                )
+
+    def _insert(self, conn: sqlite3.Connection, table: str, doc: Doc) -> None:
+        row = _to_row(table, doc)
+        names = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", row)
+
+    def _select(self, table: str, where: str, params: Iterable[Any], tail: str = "", cols: str = "*") -> list[Doc]:
+        sql = f"SELECT {cols} FROM {table}" + (f" WHERE {where}" if where else "") + tail
+        with self._tx(write=False) as conn:
+            rows = conn.execute(sql, tuple(params)).fetchall()
+        return [_to_doc(table, r) for r in rows]
+
+    @staticmethod
+    def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+        used = {k: v for k, v in filters.items() if v is not None}
+        return " AND ".join(f"{k} = ?" for k in used), list(used.values())
+
+    # --- identity -----------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+    def ping(self) -> None:
+        with self._tx(write=False) as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- evaluations --------------------------------------------------------
+
+    def create_evaluation(self, doc: Doc) -> str:
+        doc = {**doc, "id": doc.get("id") or _new_id()}
+        doc.setdefault("created_at", _now())
+        doc.setdefault("status", "queued")
+        with self._tx() as conn:
+            try:
+                self._insert(conn, "evaluations", doc)
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"an evaluation with id {doc['id']} already exists in {self.path}") from exc
+        return doc["id"]
+
+    def get_evaluation(self, evaluation_id: str) -> Doc | None:
+        found = self._select("evaluations", "id = ?", [evaluation_id])
+        return found[0] if found else None
+
+    def list_evaluations(self, statuses: Iterable[str] | None = None, limit: int | None = None) -> list[Doc]:
+        where, params = "", []
+        if statuses is not None:
+            wanted = list(statuses)
+            where = f"status IN ({', '.join('?' * len(wanted))})" if wanted else "0"
+            params = wanted
+        tail = " ORDER BY created_at DESC, id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return self._select("evaluations", where, params, tail)
+
+    def _rewrite_evaluation(
+        self, evaluation_id: str, fields: Doc, from_statuses: list[str] | None
+    ) -> bool:
+        if fields.get("id", evaluation_id) != evaluation_id:
+            raise StoreError(f"cannot change the id of evaluation {evaluation_id}")
+        with self._tx() as conn:
+            row = conn.execute("SELECT * FROM evaluations WHERE id = ?", (evaluation_id,)).fetchone()
+            if row is None:
+                if from_statuses is not None:
+                    return False
+                raise StoreError(f"evaluation {evaluation_id} not found in {self.path} (was it deleted?)")
+            doc = _to_doc("evaluations", row)
+            if from_statuses is not None and doc["status"] not in from_statuses:
+                return False
+            doc.update(fields)
+            new = _to_row("evaluations", doc)
+            sets = ", ".join(f"{k} = :{k}" for k in new if k != "id")
+            conn.execute(f"UPDATE evaluations SET {sets} WHERE id = :id", new)
+        return True
+
+    def update_evaluation(self, evaluation_id: str, fields: Doc) -> None:
+        self._rewrite_evaluation(evaluation_id, fields, None)
+
+    def transition_evaluation(self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc) -> bool:
+        return self._rewrite_evaluation(evaluation_id, fields, list(from_statuses))
+
+    def claim_next_evaluation(self, worker_id: str, now: datetime) -> Doc | None:
+        stamp = _dt_text(now)
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT id FROM evaluations WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE evaluations SET status = 'running', worker_id = ?, heartbeat_at = ?, "
+                "started_at = COALESCE(started_at, ?) WHERE id = ?",
+                (worker_id, stamp, stamp, row["id"]),
+            )
+            claimed = conn.execute("SELECT * FROM evaluations WHERE id = ?", (row["id"],)).fetchone()
+        return _to_doc("evaluations", claimed)
+
+    def delete_evaluation(self, evaluation_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM judgements WHERE evaluation_id = ? OR response_id IN "
+                "(SELECT id FROM responses WHERE evaluation_id = ?)",
+                (evaluation_id, evaluation_id),
+            )
+            for table in ("responses", "events", "verdicts", "votes"):
+                conn.execute(f"DELETE FROM {table} WHERE evaluation_id = ?", (evaluation_id,))
+            conn.execute("DELETE FROM evaluations WHERE id = ?", (evaluation_id,))
+
+    # --- responses ----------------------------------------------------------
+
+    def upsert_response(self, doc: Doc) -> str:
+        task_key = doc.get("task_key")
+        if not task_key:
+            raise StoreError("a response needs a task_key (evaluation/model/sequence/run/prompt)")
+        doc = dict(doc)
+        doc.setdefault("created_at", _now())
+        with self._tx() as conn:
+            old = conn.execute("SELECT id FROM responses WHERE task_key = ?", (task_key,)).fetchone()
+            if old is None:
+                doc["id"] = doc.get("id") or _new_id()
+                self._insert(conn, "responses", doc)
+            else:
+                doc["id"] = old["id"]
+                row = _to_row("responses", doc)
+                sets = ", ".join(f"{k} = :{k}" for k in row if k != "id")
+                conn.execute(f"UPDATE responses SET {sets} WHERE id = :id", row)
+        return doc["id"]
+
+    def get_response(self, response_id: str) -> Doc | None:
+        found = self._select("responses", "id = ?", [response_id])
+        return found[0] if found else None
+
+    def list_responses(
+        self,
+        evaluation_id: str | None = None,
+        *,
+        model_name: str | None = None,
+        sequence: str | None = None,
+        run: int | None = None,
+        prompt_index: int | None = None,
+        include_messages: bool = True,
+    ) -> list[Doc]:
+        where, params = self._where(
+            {
+                "evaluation_id": evaluation_id,
+                "model_name": model_name,
+                "sequence": sequence,
+                "run": run,
+                "prompt_index": prompt_index,
+            }
+        )
+        cols = "*" if include_messages else ", ".join(c for c in [*COLUMNS["responses"], "extra"] if c != "messages")
+        tail = " ORDER BY evaluation_id, model_name, sequence, run, prompt_index"
+        return self._select("responses", where, params, tail, cols)
+
+    def count_responses(self, evaluation_id: str, *, errors: bool | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM responses WHERE evaluation_id = ?"
+        if errors is True:
+            sql += " AND error IS NOT NULL AND error != ''"
+        elif errors is False:
+            sql += " AND (error IS NULL OR error = '')"
+        with self._tx(write=False) as conn:
+            return int(conn.execute(sql, (evaluation_id,)).fetchone()[0])
+
+    def completed_task_keys(self, evaluation_id: str) -> set[str]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                "SELECT task_key FROM responses WHERE evaluation_id = ? AND (error IS NULL OR error = '')",
+                (evaluation_id,),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    # --- judgements, verdicts, votes -----------------------------------------
+
+    def _add_unique(self, table: str, doc: Doc, keys: tuple[str, ...], what: str) -> str:
+        missing = [k for k in keys if doc.get(k) is None]
+        if missing:
+            raise StoreError(f"a {what} needs {', '.join(missing)} (part of its unique key)")
+        doc = {**doc, "id": doc.get("id") or _new_id()}
+        doc.setdefault("created_at", _now())
+        with self._tx() as conn:
+            try:
+                self._insert(conn, table, doc)
+            except sqlite3.IntegrityError as exc:
+                key = ", ".join(f"{k}={doc[k]!r}" for k in keys)
+                raise StoreError(f"a {what} with {key} already exists in {self.path}") from exc
+        return doc["id"]
+
+    def add_judgement(self, doc: Doc) -> str:
+        keys = ("response_id", "judge_model", "rubric_hash", "attempt")
+        return self._add_unique("judgements", doc, keys, "judgement")
+
+    def list_judgements(
+        self,
+        evaluation_id: str | None = None,
+        *,
+        response_id: str | None = None,
+        judge_model: str | None = None,
+    ) -> list[Doc]:
+        where, params = self._where(
+            {"evaluation_id": evaluation_id, "response_id": response_id, "judge_model": judge_model}
+        )
+        return self._select("judgements", where, params, " ORDER BY created_at, id")
+
+    def add_verdict(self, doc: Doc) -> str:
+        return self._add_unique("verdicts", doc, ("verdict_key",), "verdict")
+
+    def list_verdicts(self, evaluation_id: str | None = None, *, judge: str | None = None) -> list[Doc]:
+        where, params = self._where({"evaluation_id": evaluation_id, "judge": judge})
+        return self._select("verdicts", where, params, " ORDER BY created_at, id")
+
+    def add_vote(self, doc: Doc) -> str:
+        return self._add_unique("votes", doc, ("voter", "pair_key"), "vote")
+
+    def list_votes(self, evaluation_id: str | None = None, *, voter: str | None = None) -> list[Doc]:
+        where, params = self._where({"evaluation_id": evaluation_id, "voter": voter})
+        return self._select("votes", where, params, " ORDER BY created_at, id")
+
+    # --- events -------------------------------------------------------------
+
+    def append_event(self, evaluation_id: str, level: str, message: str, **fields: Any) -> int:
+        with self._tx() as conn:
+            seq = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE evaluation_id = ?", (evaluation_id,)
+            ).fetchone()[0]
+            doc = {
+                **fields,
+                "evaluation_id": evaluation_id,
+                "seq": seq,
+                "ts": fields.get("ts") or _now(),
+                "level": level,
+                "message": message,
+            }
+            self._insert(conn, "events", doc)
+        return int(seq)
+
+    def list_events(self, evaluation_id: str, after_seq: int = 0, limit: int | None = None) -> list[Doc]:
+        tail = " ORDER BY seq" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return self._select("events", "evaluation_id = ? AND seq > ?", [evaluation_id, after_seq], tail)

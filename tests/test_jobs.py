@@ -1,0 +1,131 @@
+"""Jobs and the worker on the scripted fake backend with a real SQLite file."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from storybench_core import jobs
+from storybench_core.config import parse_config
+from storybench_core.errors import JobError
+from storybench_core.runner import now_utc
+from storybench_core.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SQLiteStore(tmp_path / "jobs.db")
+    yield s
+    s.close()
+
+
+def config(delay_s=0.0, runs=1, sequences=("film",)):
+    return parse_config(
+        {
+            "models": [{"kind": "fake", "options": {"delay_s": delay_s, "words": 30}}],
+            "sequences": list(sequences),
+            "generation": {"runs": runs, "max_tokens": 64},
+        }
+    )
+
+
+def wait_for(predicate, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_worker_runs_queued_evaluation_to_completion(store):
+    eid = jobs.enqueue(store, config(runs=2))
+    worker = jobs.Worker(store, poll_s=0.05)
+    assert worker.run_once()
+    doc = store.get_evaluation(eid)
+    assert doc["status"] == "completed"
+    assert doc["completed_tasks"] == 6 and doc["failed_tasks"] == 0 and doc["total_tasks"] == 6
+    assert doc["finished_at"] >= doc["started_at"]
+    messages = [e["message"] for e in store.list_events(eid)]
+    assert messages[0].startswith("queued")
+    assert sum(m.startswith("stored ") for m in messages) == 6
+    assert messages[-1].startswith("completed")
+    assert not worker.run_once()  # queue empty
+
+
+def test_stop_takes_effect_within_seconds(store):
+    eid = jobs.enqueue(store, config(delay_s=0.02, runs=3))
+    worker = jobs.Worker(store, poll_s=0.05).start()
+    try:
+        assert wait_for(lambda: store.get_evaluation(eid)["status"] == "running")
+        assert wait_for(lambda: store.count_responses(eid) >= 1)
+        asked = time.monotonic()
+        assert jobs.request_stop(store, eid) == "stopping"
+        assert wait_for(lambda: store.get_evaluation(eid)["status"] == "stopped", timeout=5)
+        assert time.monotonic() - asked < 3
+    finally:
+        worker.shutdown()
+    stored = store.count_responses(eid)
+    assert 1 <= stored < 9
+    # Resume finishes only the missing tasks.
+    jobs.requeue(store, eid)
+    assert jobs.Worker(store).run_once()
+    assert store.get_evaluation(eid)["status"] == "completed"
+    docs = store.list_responses(eid)
+    assert len(docs) == 9 and len({d["task_key"] for d in docs}) == 9
+
+
+def test_stop_of_queued_evaluation(store):
+    eid = jobs.enqueue(store, config())
+    assert jobs.request_stop(store, eid) == "stopped"
+    assert not jobs.Worker(store).run_once()
+
+
+def test_stale_running_evaluation_is_requeued_and_resumed(store):
+    eid = jobs.enqueue(store, config(runs=2))
+    claimed = store.claim_next_evaluation("dead-worker", now_utc() - timedelta(minutes=10))
+    assert claimed["id"] == eid
+    assert jobs.recover_stale(store, stale_after_s=60) == [eid]
+    assert store.get_evaluation(eid)["status"] == "queued"
+    assert jobs.Worker(store).run_once()
+    assert store.get_evaluation(eid)["status"] == "completed"
+
+
+def test_reset_and_requeue_rules(store):
+    eid = jobs.enqueue(store, config())
+    with pytest.raises(JobError, match="not running"):
+        jobs.reset(store, eid)
+    store.claim_next_evaluation("w", now_utc())
+    jobs.reset(store, eid)
+    assert store.get_evaluation(eid)["status"] == "stopped"
+    with pytest.raises(JobError, match="no evaluation with id"):
+        jobs.get_evaluation(store, "nope")
+
+
+def test_two_workers_never_share_an_evaluation(store, tmp_path):
+    ids = [jobs.enqueue(store, config(runs=1)) for _ in range(4)]
+    other = SQLiteStore(tmp_path / "jobs.db")
+    workers = [jobs.Worker(store, "w1", poll_s=0.02), jobs.Worker(other, "w2", poll_s=0.02)]
+    threads = [threading.Thread(target=lambda w=w: [w.run_once() for _ in range(4)]) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for eid in ids:
+        doc = store.get_evaluation(eid)
+        assert doc["status"] == "completed"
+        assert store.count_responses(eid) == 3
+    other.close()
+
+
+def test_bad_model_fails_the_tasks_not_the_worker(store, tmp_path):
+    bad = parse_config({"models": [{"kind": "path", "path": str(tmp_path / "missing.gguf")}], "sequences": ["film"], "generation": {"runs": 1}})
+    eid = jobs.enqueue(store, bad)
+    jobs.Worker(store).run_once()
+    doc = store.get_evaluation(eid)
+    assert doc["status"] == "failed" and doc["failed_tasks"] == 3
+    errors = [e["message"] for e in store.list_events(eid) if e["level"] == "error"]
+    assert any("missing.gguf" in m for m in errors)
