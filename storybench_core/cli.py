@@ -86,7 +86,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = jobs.Worker(store, poll_s=args.poll)
     print(f"worker {worker.worker_id} polling {store.describe()} (Ctrl-C to stop)", file=sys.stderr)
     if args.once:
-        return 0 if worker.run_once() else 0
+        worker.run_once()
+        return 0
     try:
         worker.run_forever()
     except KeyboardInterrupt:
@@ -106,7 +107,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.evaluation is None:
         evaluations = store.list_evaluations(limit=1)
         if not evaluations:
-            raise StorybenchError(f"no evaluations in {store.describe()} yet; start one with `storybench run CONFIG`")
+            raise StorybenchError(
+                f"no evaluations in {store.describe()} yet; start one with `storybench run CONFIG`"
+            )
         eid = evaluations[0]["id"]
     else:
         eid = args.evaluation
@@ -150,7 +153,9 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     else:
         print(f"GPU: none found — models run on CPU ({snap.nvml_error or 'NVML reports no devices'})")
     print(f"CPU: {snap.cpu_count_logical} logical cores, load {snap.cpu_load_percent:.0f}%")
-    print(f"RAM: {(snap.ram_total_bytes - snap.ram_available_bytes) / gib:.1f}/{snap.ram_total_bytes / gib:.1f} GiB used")
+    print(
+        f"RAM: {(snap.ram_total_bytes - snap.ram_available_bytes) / gib:.1f}/{snap.ram_total_bytes / gib:.1f} GiB used"
+    )
     print(f"Disk free for models: {snap.disk_free_bytes / gib:.1f} GiB")
     return 0
 
@@ -214,7 +219,11 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "path": str(m.path),
             }
         )
-    print(to_table(rows) if rows else "no models cached yet; `storybench models prepare` assembles the bundled one")
+    print(
+        to_table(rows)
+        if rows
+        else "no models cached yet; `storybench models prepare` assembles the bundled one"
+    )
     return 0
 
 
@@ -222,9 +231,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="storybench", description="Benchmark how well LLMs write fiction, privately.")
+    p = argparse.ArgumentParser(
+        prog="storybench", description="Benchmark how well LLMs write fiction, privately."
+    )
     p.add_argument("--version", action="version", version=f"storybench {__version__}")
-    p.add_argument("--store", help="store URI (default: STORYBENCH_MONGODB_URI, else SQLite in STORYBENCH_HOME)")
+    p.add_argument(
+        "--store", help="store URI (default: STORYBENCH_MONGODB_URI, else SQLite in STORYBENCH_HOME)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -220,7 +220,9 @@ def load_config(path: str | Path) -> RunConfig:
     """Load a JSON (or YAML) config file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} — give the path to a .json file, e.g. examples/quickstart.json")
+        raise ConfigError(
+            f"config file not found: {path} — give the path to a .json file, e.g. examples/quickstart.json"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
@@ -230,7 +232,9 @@ def load_config(path: str | Path) -> RunConfig:
         else:
             data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     except Exception as exc:  # yaml.YAMLError without importing yaml at module level
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_config(data, source=str(path))

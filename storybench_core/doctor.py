@@ -21,7 +21,9 @@ def run_checks(store_uri: str | None = None) -> list[Check]:
 def _python() -> Check:
     v = sys.version_info
     ok = v >= (3, 11)
-    return Check("python", "ok" if ok else "fail", f"{v.major}.{v.minor}.{v.micro}" + ("" if ok else " (needs 3.11+)"))
+    return Check(
+        "python", "ok" if ok else "fail", f"{v.major}.{v.minor}.{v.micro}" + ("" if ok else " (needs 3.11+)")
+    )
 
 
 def _llama() -> list[Check]:
@@ -30,7 +32,13 @@ def _llama() -> list[Check]:
     info = llama_build_info()
     if not info.get("available"):
         return [Check("llama-cpp-python", "fail", f"not importable: {info.get('error')} — run `make setup`")]
-    checks = [Check("llama-cpp-python", "ok", f"version {info.get('version')}, GPU offload {'yes' if info.get('gpu_offload') else 'no'}")]
+    checks = [
+        Check(
+            "llama-cpp-python",
+            "ok",
+            f"version {info.get('version')}, GPU offload {'yes' if info.get('gpu_offload') else 'no'}",
+        )
+    ]
     system = str(info.get("system_info", ""))
     checks.append(Check("llama.cpp build flags", "ok", system.strip() or "(no system info reported)"))
     if "AMX_INT8 = 1" in system or "AMX = 1" in system:

@@ -142,7 +142,9 @@ def choose_gpu_layers(
     else:
         reason = f"{layers}/{total} layers on {gpu_label}: {spent}"
     n_gpu_layers = layers + 1 if output_fits else layers
-    return GpuPlan(n_gpu_layers, total, estimated, budget, reason, gpu_index=gpu_index, kv_cache_bytes=kv_on_gpu)
+    return GpuPlan(
+        n_gpu_layers, total, estimated, budget, reason, gpu_index=gpu_index, kv_cache_bytes=kv_on_gpu
+    )
 
 
 def plan_for_model(
@@ -211,7 +213,8 @@ def choose_batch_width(
         return width, f"{width} at once: the model file gives no KV cache size"
     fits = max(room, 0) // per_seq
     if fits < 1:
-        return 1, f"1 conversation at a time: one needs {format_bytes(per_seq)} of KV cache (n_ctx {n_ctx}), {where}"
+        one = f"one needs {format_bytes(per_seq)} of KV cache (n_ctx {n_ctx})"
+        return 1, f"1 conversation at a time: {one}, {where}"
     width = min(fits, cap) if cap is not None else fits
     capped = f", capped at {cap}" if cap is not None and fits > cap else ""
     return width, (

@@ -102,7 +102,9 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
     except (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError) as exc:
         raise _incomplete(path, file_size, "its header is cut short or corrupt") from exc
     except OSError as exc:
-        raise ModelFileError(f"cannot read model file {path}: {exc.strerror} — check its permissions") from exc
+        raise ModelFileError(
+            f"cannot read model file {path}: {exc.strerror} — check its permissions"
+        ) from exc
     return _build_info(path, file_size, metadata, tensors, data_start)
 
 
@@ -119,7 +121,9 @@ def _check_file(path: Path) -> int:
         with path.open("rb") as handle:
             head = handle.read(8)
     except OSError as exc:
-        raise ModelFileError(f"cannot read model file {path}: {exc.strerror} — check its permissions") from exc
+        raise ModelFileError(
+            f"cannot read model file {path}: {exc.strerror} — check its permissions"
+        ) from exc
     magic = head[:4]
     if magic != GGUF_MAGIC:
         if len(magic) < 4 and GGUF_MAGIC.startswith(magic):

@@ -127,11 +127,11 @@ def _disk_free() -> int | None:
 def llama_build_info() -> dict[str, Any]:
     """What the installed llama-cpp-python was built with, without loading a model.
 
-    Keys: installed, version, gpu_offload (bool|None), system_info (str), cpu_features
+    Keys: available (importable), version, gpu_offload (bool|None), system_info (str), cpu_features
     ({"AVX2": True, "AMX_INT8": False, …}), error (str|None).
     """
     info: dict[str, Any] = {
-        "installed": False,
+        "available": False,
         "version": None,
         "gpu_offload": None,
         "system_info": "",
@@ -143,7 +143,7 @@ def llama_build_info() -> dict[str, Any]:
     except Exception as exc:
         info["error"] = f"llama-cpp-python is not importable ({type(exc).__name__}: {exc})"
         return info
-    info["installed"] = True
+    info["available"] = True
     info["version"] = getattr(llama_cpp, "__version__", None)
     try:
         info["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())

@@ -55,7 +55,9 @@ def enqueue(store: Store, config: RunConfig, name: str | None = None) -> str:
         "progress": {},
     }
     eid = store.create_evaluation(doc)
-    store.append_event(eid, "info", f"queued '{doc['name']}': {len(tasks)} tasks (config {doc['config_hash']})")
+    store.append_event(
+        eid, "info", f"queued '{doc['name']}': {len(tasks)} tasks (config {doc['config_hash']})"
+    )
     return eid
 
 
@@ -74,7 +76,9 @@ def evaluation_config(doc: Doc) -> RunConfig:
 def request_stop(store: Store, evaluation_id: str) -> str:
     """Ask an evaluation to stop; returns the new status."""
     get_evaluation(store, evaluation_id)
-    if store.transition_evaluation(evaluation_id, ["queued"], {"status": "stopped", "finished_at": now_utc()}):
+    if store.transition_evaluation(
+        evaluation_id, ["queued"], {"status": "stopped", "finished_at": now_utc()}
+    ):
         store.append_event(evaluation_id, "warning", "stopped before it started")
         return "stopped"
     if store.transition_evaluation(evaluation_id, ["running"], {"status": "stopping"}):
@@ -91,7 +95,9 @@ def requeue(store: Store, evaluation_id: str, reason: str = "resume requested") 
         ["stopped", "failed", "completed"],
         {"status": "queued", "finished_at": None, "error": None, "worker_id": None},
     ):
-        raise JobError(f"evaluation {evaluation_id} is {doc['status']}; only stopped, failed or completed ones can be resumed")
+        raise JobError(
+            f"evaluation {evaluation_id} is {doc['status']}; only stopped, failed or completed ones can be resumed"
+        )
     store.append_event(evaluation_id, "info", f"requeued: {reason}")
 
 
@@ -99,19 +105,40 @@ def reset(store: Store, evaluation_id: str) -> None:
     """Force a running/stopping evaluation whose worker died back to `stopped`."""
     doc = get_evaluation(store, evaluation_id)
     if not store.transition_evaluation(
-        evaluation_id, ["running", "stopping"], {"status": "stopped", "worker_id": None, "finished_at": now_utc()}
+        evaluation_id,
+        ["running", "stopping"],
+        {"status": "stopped", "worker_id": None, "finished_at": now_utc()},
     ):
         raise JobError(f"evaluation {evaluation_id} is {doc['status']}, not running; nothing to reset")
     store.append_event(evaluation_id, "warning", "reset by user (worker presumed dead); resume to finish it")
 
 
+def worker_process_alive(worker_id: str | None) -> bool | None:
+    """Whether a worker's process still exists: None when it runs on another host (unknowable here)."""
+    try:
+        host, pid, _ = (worker_id or "").split(":")
+        pid_n = int(pid)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def recover_stale(store: Store, stale_after_s: float = STALE_AFTER_S) -> list[str]:
-    """Requeue running evaluations whose worker stopped heartbeating."""
+    """Requeue running evaluations whose worker stopped heartbeating or whose local process is gone."""
     cutoff = now_utc() - timedelta(seconds=stale_after_s)
     recovered = []
     for doc in store.list_evaluations(statuses=["running", "stopping"]):
         beat = doc.get("heartbeat_at")
-        if beat is not None and beat >= cutoff:
+        fresh = beat is not None and beat >= cutoff
+        if fresh and worker_process_alive(doc.get("worker_id")) is not False:
             continue
         new = "queued" if doc["status"] == "running" else "stopped"
         if store.transition_evaluation(doc["id"], [doc["status"]], {"status": new, "worker_id": None}):
@@ -164,7 +191,9 @@ class Worker:
     def start(self) -> Worker:
         if self._thread is None or not self._thread.is_alive():
             self._halt.clear()
-            self._thread = threading.Thread(target=self.run_forever, name=f"storybench-worker-{self.worker_id}", daemon=True)
+            self._thread = threading.Thread(
+                target=self.run_forever, name=f"storybench-worker-{self.worker_id}", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -205,7 +234,9 @@ class Worker:
         if doc.get("started_at") is None:
             fields["started_at"] = now
         if not self.store.transition_evaluation(evaluation_id, ["queued"], fields):
-            raise JobError(f"evaluation {evaluation_id} is {doc['status']}, not queued; another worker may own it")
+            raise JobError(
+                f"evaluation {evaluation_id} is {doc['status']}, not queued; another worker may own it"
+            )
         return get_evaluation(self.store, evaluation_id)
 
     # --- one evaluation -------------------------------------------------------------
@@ -239,7 +270,9 @@ class Worker:
 
         def event(level: str, message: str, **fields: Any) -> None:
             self.store.append_event(eid, level, message, **fields)
-            getattr(log, "warning" if level == "warning" else "error" if level == "error" else "info")("[%s] %s", eid, message)
+            getattr(log, "warning" if level == "warning" else "error" if level == "error" else "info")(
+                "[%s] %s", eid, message
+            )
             if extra:
                 extra.event(level, message, **fields)
 

@@ -54,7 +54,9 @@ def setup_logging(verbose: bool = False) -> None:
     from .paths import log_path
 
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
-    file_handler = logging.handlers.RotatingFileHandler(log_path(), maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+    file_handler = logging.handlers.RotatingFileHandler(
+        log_path(), maxBytes=5_000_000, backupCount=3, encoding="utf-8"
+    )
     file_handler.setFormatter(fmt)
     file_handler.addFilter(MaskingFilter())
     stderr = logging.StreamHandler()

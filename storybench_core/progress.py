@@ -116,5 +116,7 @@ def summary_rows(docs: list[Doc]) -> list[dict[str, Any]]:
 
 def print_summary(store: Store, evaluation: Doc) -> None:
     docs = store.list_responses(evaluation["id"], include_messages=False)
-    print(f"\n{evaluation['name']} — status {evaluation['status']}, {len(docs)}/{evaluation['total_tasks']} tasks stored")
+    print(
+        f"\n{evaluation['name']} — status {evaluation['status']}, {len(docs)}/{evaluation['total_tasks']} tasks stored"
+    )
     print(to_table(summary_rows(docs)))

@@ -119,7 +119,9 @@ def fit_to_context(
 class ModelPool:
     """Holds at most one loaded model; switching models unloads the previous one."""
 
-    def __init__(self, factory: Callable[[ModelSpec, GenerationSettingsConfig], ModelBackend] = create_backend):
+    def __init__(
+        self, factory: Callable[[ModelSpec, GenerationSettingsConfig], ModelBackend] = create_backend
+    ):
         self._factory = factory
         self._key: str | None = None
         self._backend: ModelBackend | None = None
@@ -199,7 +201,9 @@ class Runner:
             self.hooks.event("info", f"resuming: {summary.skipped_existing} of {total} tasks already stored")
         conversations = group_conversations(tasks)
         for mi, spec in enumerate(config.models):
-            todo = [c for c in conversations if c[0].model_index == mi and any(t.key(eid) not in done for t in c)]
+            todo = [
+                c for c in conversations if c[0].model_index == mi and any(t.key(eid) not in done for t in c)
+            ]
             if not todo:
                 continue
             if self.hooks.should_stop():
@@ -210,7 +214,9 @@ class Runner:
                 for conv in todo:
                     for t in conv:
                         if t.key(eid) not in done:
-                            self._store_failure(eid, spec, t, config, "model could not be loaded (see console)")
+                            self._store_failure(
+                                eid, spec, t, config, "model could not be loaded (see console)"
+                            )
                             summary.failed += 1
                 continue
             try:
@@ -230,7 +236,9 @@ class Runner:
             self.hooks.event("error", f"cannot load model {name}: {exc}")
             return None
         note = getattr(backend, "load_note", "")
-        self.hooks.event("info", f"{'loaded' if fresh else 'reusing loaded'} model {name}" + (f" ({note})" if note else ""))
+        self.hooks.event(
+            "info", f"{'loaded' if fresh else 'reusing loaded'} model {name}" + (f" ({note})" if note else "")
+        )
         return backend
 
     def _conversation(
@@ -248,17 +256,23 @@ class Runner:
         history: list[tuple[Message, Message]] = []
         stored = {
             r["prompt_index"]: r
-            for r in self.store.list_responses(eid, model_name=spec.display_name, sequence=conv[0].sequence, run=conv[0].run)
+            for r in self.store.list_responses(
+                eid, model_name=spec.display_name, sequence=conv[0].sequence, run=conv[0].run
+            )
             if not r.get("error")
         }
         broken_at: int | None = None
         for task in conv:
             prompt_msg: Message = {"role": "user", "content": task.prompt_text}
             if task.key(eid) in done and task.prompt_index in stored:
-                history.append((prompt_msg, {"role": "assistant", "content": stored[task.prompt_index]["response"]}))
+                history.append(
+                    (prompt_msg, {"role": "assistant", "content": stored[task.prompt_index]["response"]})
+                )
                 continue
             if broken_at is not None:
-                self._store_failure(eid, spec, task, config, f"skipped: turn {broken_at + 1} of this conversation failed")
+                self._store_failure(
+                    eid, spec, task, config, f"skipped: turn {broken_at + 1} of this conversation failed"
+                )
                 summary.failed += 1
                 continue
             if self.hooks.should_stop():
@@ -270,7 +284,9 @@ class Runner:
                 broken_at = task.prompt_index
                 continue
             summary.completed += 1
-            stats = summary.per_model.setdefault(spec.display_name, {"responses": 0, "tokens": 0, "seconds": 0.0})
+            stats = summary.per_model.setdefault(
+                spec.display_name, {"responses": 0, "tokens": 0, "seconds": 0.0}
+            )
             stats["responses"] += 1
             stats["tokens"] += doc["completion_tokens"]
             stats["seconds"] += doc["generation_time_s"]
@@ -303,7 +319,9 @@ class Runner:
             self.hooks.event("error", f"{label}: {exc}")
             return self._store_failure(eid, spec, task, config, str(exc), seed=seed)
         if fitted.dropped_turns:
-            self.hooks.event("warning", f"{label}: dropped the {fitted.dropped_turns} oldest turn(s) to fit n_ctx={n_ctx}")
+            self.hooks.event(
+                "warning", f"{label}: dropped the {fitted.dropped_turns} oldest turn(s) to fit n_ctx={n_ctx}"
+            )
 
         partial: list[str] = []
         state = {"last": 0.0, "start": time.perf_counter(), "tokens": 0}
@@ -317,7 +335,9 @@ class Runner:
                 if self.hooks.should_stop():
                     raise StopRequested()
                 elapsed = max(now - state["start"], 1e-6)
-                self._progress(task, spec, {"partial_text": "".join(partial), "tokens_per_s": state["tokens"] / elapsed})
+                self._progress(
+                    task, spec, {"partial_text": "".join(partial), "tokens_per_s": state["tokens"] / elapsed}
+                )
 
         self._progress(task, spec, {"partial_text": "", "tokens_per_s": None})
         try:
@@ -330,8 +350,12 @@ class Runner:
             return self._store_failure(eid, spec, task, config, str(exc), seed=seed, messages=fitted.messages)
         except Exception as exc:  # a backend bug must not kill the whole evaluation
             log.exception("backend crashed on %s", label)
-            self.hooks.event("error", f"{label}: unexpected {type(exc).__name__}: {exc} (details in the log file)")
-            return self._store_failure(eid, spec, task, config, f"{type(exc).__name__}: {exc}", seed=seed, messages=fitted.messages)
+            self.hooks.event(
+                "error", f"{label}: unexpected {type(exc).__name__}: {exc} (details in the log file)"
+            )
+            return self._store_failure(
+                eid, spec, task, config, f"{type(exc).__name__}: {exc}", seed=seed, messages=fitted.messages
+            )
         doc = self._response_doc(eid, spec, task, config, seed, fitted, completion)
         doc["id"] = self.store.upsert_response(doc)
         self.hooks.event(
@@ -374,7 +398,14 @@ class Runner:
         }
 
     def _response_doc(
-        self, eid: str, spec: ModelSpec, task: Task, config: RunConfig, seed: int, fitted: FittedMessages, c: Completion
+        self,
+        eid: str,
+        spec: ModelSpec,
+        task: Task,
+        config: RunConfig,
+        seed: int,
+        fitted: FittedMessages,
+        c: Completion,
     ) -> Doc:
         return self._base_doc(eid, spec, task, config, seed) | {
             "messages": fitted.messages,

@@ -31,7 +31,12 @@ class TinyGGUFSizes:
 
 
 def tiny_gguf_sizes(
-    n_layers: int = 4, n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2, n_vocab: int = 32, tied: bool = False
+    n_layers: int = 4,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_vocab: int = 32,
+    tied: bool = False,
 ) -> TinyGGUFSizes:
     head_dim = n_embd // n_head
     kv_dim = n_head_kv * head_dim

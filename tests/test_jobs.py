@@ -122,10 +122,30 @@ def test_two_workers_never_share_an_evaluation(store, tmp_path):
 
 
 def test_bad_model_fails_the_tasks_not_the_worker(store, tmp_path):
-    bad = parse_config({"models": [{"kind": "path", "path": str(tmp_path / "missing.gguf")}], "sequences": ["film"], "generation": {"runs": 1}})
+    bad = parse_config(
+        {
+            "models": [{"kind": "path", "path": str(tmp_path / "missing.gguf")}],
+            "sequences": ["film"],
+            "generation": {"runs": 1},
+        }
+    )
     eid = jobs.enqueue(store, bad)
     jobs.Worker(store).run_once()
     doc = store.get_evaluation(eid)
     assert doc["status"] == "failed" and doc["failed_tasks"] == 3
     errors = [e["message"] for e in store.list_events(eid) if e["level"] == "error"]
     assert any("missing.gguf" in m for m in errors)
+
+
+def test_evaluation_of_a_dead_local_process_is_recovered_at_once(store):
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    eid = jobs.enqueue(store, config())
+    store.claim_next_evaluation(f"{socket.gethostname()}:{proc.pid}:abc", now_utc())
+    assert jobs.worker_process_alive(f"{socket.gethostname()}:{proc.pid}:abc") is False
+    assert jobs.worker_process_alive("otherhost:1:abc") is None
+    assert jobs.recover_stale(store) == [eid]

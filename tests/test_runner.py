@@ -24,7 +24,10 @@ from storybench_core.store.sqlite import SQLiteStore
 def make_config(**gen):
     return parse_config(
         {
-            "models": [{"kind": "fake", "name": "fake-a"}, {"kind": "fake", "name": "fake-b", "options": {"words": 12}}],
+            "models": [
+                {"kind": "fake", "name": "fake-a"},
+                {"kind": "fake", "name": "fake-b", "options": {"words": 12}},
+            ],
             "sequences": ["film", "thriller"],
             "generation": {"runs": 2, "max_tokens": 64, "n_ctx": 2048, **gen},
         }
@@ -92,9 +95,30 @@ def test_every_response_stored_with_conversation(store):
     assert summary.completed == 24 and summary.failed == 0
     docs = store.list_responses(eid)
     assert len(docs) == 24
-    third = next(d for d in docs if d["model_name"] == "fake-a" and d["sequence"] == "film" and d["run"] == 2 and d["prompt_index"] == 2)
-    first = next(d for d in docs if d["model_name"] == "fake-a" and d["sequence"] == "film" and d["run"] == 2 and d["prompt_index"] == 0)
-    second = next(d for d in docs if d["model_name"] == "fake-a" and d["sequence"] == "film" and d["run"] == 2 and d["prompt_index"] == 1)
+    third = next(
+        d
+        for d in docs
+        if d["model_name"] == "fake-a"
+        and d["sequence"] == "film"
+        and d["run"] == 2
+        and d["prompt_index"] == 2
+    )
+    first = next(
+        d
+        for d in docs
+        if d["model_name"] == "fake-a"
+        and d["sequence"] == "film"
+        and d["run"] == 2
+        and d["prompt_index"] == 0
+    )
+    second = next(
+        d
+        for d in docs
+        if d["model_name"] == "fake-a"
+        and d["sequence"] == "film"
+        and d["run"] == 2
+        and d["prompt_index"] == 1
+    )
     contents = [m["content"] for m in third["messages"]]
     assert first["response"] in contents and second["response"] in contents
     assert third["messages"][-1]["content"] == third["prompt_text"]
@@ -132,7 +156,9 @@ def test_one_model_loaded_at_a_time_and_reused():
 def test_failure_is_recorded_and_later_turns_skipped(store):
     config = parse_config(
         {
-            "models": [{"kind": "fake", "options": {"fail_on": catalog.get_sequence("film").prompts[1].text[:30]}}],
+            "models": [
+                {"kind": "fake", "options": {"fail_on": catalog.get_sequence("film").prompts[1].text[:30]}}
+            ],
             "sequences": ["film"],
             "generation": {"runs": 1, "max_tokens": 32},
         }
@@ -159,7 +185,9 @@ def test_resume_does_only_missing_tasks(store):
         if message.startswith("stored "):
             calls["n"] += 1
 
-    first = Runner(store, ModelPool(), RunHooks(event=on_event, should_stop=stop_after_five)).execute(doc, config)
+    first = Runner(store, ModelPool(), RunHooks(event=on_event, should_stop=stop_after_five)).execute(
+        doc, config
+    )
     assert first.stopped and store.count_responses(eid) == 5
     backend = FakeBackend()
     pool = ModelPool(lambda spec, gen: backend)
@@ -169,12 +197,22 @@ def test_resume_does_only_missing_tasks(store):
     assert len(docs) == 24 and len({d["task_key"] for d in docs}) == 24
     # The resumed third turn of the interrupted conversation saw the stored earlier answers.
     resumed_turn = backend.calls[0]
-    stored = {d["prompt_index"]: d["response"] for d in docs if d["model_name"] == "fake-a" and d["sequence"] == "film" and d["run"] == 2}
+    stored = {
+        d["prompt_index"]: d["response"]
+        for d in docs
+        if d["model_name"] == "fake-a" and d["sequence"] == "film" and d["run"] == 2
+    }
     assert stored[0] in [m["content"] for m in resumed_turn]
 
 
 def test_stop_mid_generation_stores_nothing_partial(store):
-    config = parse_config({"models": [{"kind": "fake", "options": {"words": 200, "delay_s": 0.01}}], "sequences": ["film"], "generation": {"runs": 1}})
+    config = parse_config(
+        {
+            "models": [{"kind": "fake", "options": {"words": 200, "delay_s": 0.01}}],
+            "sequences": ["film"],
+            "generation": {"runs": 1},
+        }
+    )
     state = {"tokens": 0}
 
     def progress(fields):
@@ -198,8 +236,12 @@ def test_stop_requested_propagates_from_backend(store):
 
 def test_context_overflow_recorded_per_task(store):
     config = parse_config(
-        {"models": [{"kind": "fake", "options": {"n_ctx": 60}}], "sequences": ["film"], "generation": {"runs": 1, "max_tokens": 40, "n_ctx": 256}}
+        {
+            "models": [{"kind": "fake", "options": {"n_ctx": 60}}],
+            "sequences": ["film"],
+            "generation": {"runs": 1, "max_tokens": 40, "n_ctx": 256},
+        }
     )
-    eid, summary = run(store, config)
+    eid, _ = run(store, config)
     docs = store.list_responses(eid)
     assert docs[0]["error"] and "n_ctx" in docs[0]["error"]

@@ -20,10 +20,7 @@ from typing import Any
 from ..errors import ModelError
 from .base import BatchTokenCallback, Completion, GenerationSettings, Message, TokenCallback
 
-_VOCAB = (
-    "the lantern river city archive signal winter glass engine whisper orchard border "
-    "ferry memory storm clockwork harbour silence mirror desert courier relay ember"
-).split()
+_VOCAB = ["the", "lantern", "river", "city", "archive", "signal", "winter", "glass", "engine", "whisper", "orchard", "border", "ferry", "memory", "storm", "clockwork", "harbour", "silence", "mirror", "desert", "courier", "relay", "ember"]
 
 
 class FakeBackend:
@@ -137,7 +134,10 @@ def _example_for_schema(schema: dict[str, Any], seed: int) -> Any:
     rng = random.Random(seed)
     kind = schema.get("type")
     if kind == "object":
-        return {k: _example_for_schema(v, seed + i) for i, (k, v) in enumerate(schema.get("properties", {}).items())}
+        return {
+            k: _example_for_schema(v, seed + i)
+            for i, (k, v) in enumerate(schema.get("properties", {}).items())
+        }
     if kind == "integer":
         return rng.randint(int(schema.get("minimum", 1)), int(schema.get("maximum", 5)))
     if kind == "number":

@@ -48,9 +48,7 @@ class Store(Protocol):
         """Set the given top-level fields."""
         ...
 
-    def transition_evaluation(
-        self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc
-    ) -> bool:
+    def transition_evaluation(self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc) -> bool:
         """Atomically set fields only if the status is one of from_statuses; True if it did."""
         ...
 

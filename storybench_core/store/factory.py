@@ -21,6 +21,7 @@ SECRETS_FILE = Path(".streamlit") / "secrets.toml"
 SECRETS_KEY = "mongodb_uri"
 DEFAULT_DB_NAME = "storybench"
 
+
 def mask_uri(uri: str) -> str:
     """The URI with its password replaced by ***, safe for logs and error messages."""
     scheme_end = uri.find("://")

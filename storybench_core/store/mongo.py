@@ -27,7 +27,7 @@ from pymongo.errors import (
 from storybench_core.errors import StoreError
 from storybench_core.store.base import Doc
 from storybench_core.store.factory import mask_uri
-from storybench_core.store.sqlite import DOCUMENT_FIELDS
+from storybench_core.store.sqlite import DATETIME_FIELDS, DOCUMENT_FIELDS, utc
 
 T = TypeVar("T")
 
@@ -141,6 +141,11 @@ class MongoStore:
         doc.update(raw)
         if "id" in doc:
             doc["id"] = _id
+        for name in DATETIME_FIELDS[collection]:
+            if isinstance(doc[name], str):
+                # nx-27017 0.8.1 stores a top-level datetime given to $set as naive UTC text;
+                # MongoDB never does. Repair the documented fields on the way out.
+                doc[name] = utc(datetime.fromisoformat(doc[name]))
         return doc
 
     def _find(
@@ -219,8 +224,13 @@ class MongoStore:
         if fields.pop("id", evaluation_id) != evaluation_id:
             raise StoreError(f"cannot change the id of evaluation {evaluation_id}")
         if not fields:
-            return self._call("find evaluation", lambda: self._db.evaluations.count_documents(query, limit=1)) > 0
-        result = self._call("update evaluation", lambda: self._db.evaluations.update_one(query, {"$set": fields}))
+            return (
+                self._call("find evaluation", lambda: self._db.evaluations.count_documents(query, limit=1))
+                > 0
+            )
+        result = self._call(
+            "update evaluation", lambda: self._db.evaluations.update_one(query, {"$set": fields})
+        )
         return result.matched_count > 0
 
     def claim_next_evaluation(self, worker_id: str, now: datetime) -> Doc | None:
@@ -261,7 +271,9 @@ class MongoStore:
                 lambda b=batch: self._db.judgements.delete_many({"response_id": {"$in": b}}),
             )
         for name in ("judgements", "responses", "events", "verdicts", "votes"):
-            self._call(f"delete {name}", lambda n=name: self._db[n].delete_many({"evaluation_id": evaluation_id}))
+            self._call(
+                f"delete {name}", lambda n=name: self._db[n].delete_many({"evaluation_id": evaluation_id})
+            )
         self._call("delete counter", lambda: self._db.counters.delete_one({"_id": f"events:{evaluation_id}"}))
         self._call("delete evaluation", lambda: self._db.evaluations.delete_one({"_id": evaluation_id}))
 
@@ -274,7 +286,9 @@ class MongoStore:
         doc = dict(doc)
         doc.setdefault("created_at", _now())
         for _ in range(3):  # a racing insert of the same task_key turns the next pass into a replace
-            old = self._call("find response", lambda: self._db.responses.find_one({"task_key": task_key}, {"_id": 1}))
+            old = self._call(
+                "find response", lambda: self._db.responses.find_one({"task_key": task_key}, {"_id": 1})
+            )
             if old is not None:
                 doc["id"] = old["_id"]
                 result = self._call(
@@ -309,7 +323,11 @@ class MongoStore:
         include_messages: bool = True,
     ) -> list[Doc]:
         query = self._filters(
-            evaluation_id=evaluation_id, model_name=model_name, sequence=sequence, run=run, prompt_index=prompt_index
+            evaluation_id=evaluation_id,
+            model_name=model_name,
+            sequence=sequence,
+            run=run,
+            prompt_index=prompt_index,
         )
         projection = None if include_messages else {"messages": 0}
         docs = self._find("responses", query, RESPONSE_ORDER, projection=projection)
@@ -420,4 +438,3 @@ class MongoStore:
     def list_events(self, evaluation_id: str, after_seq: int = 0, limit: int | None = None) -> list[Doc]:
         query = {"evaluation_id": evaluation_id, "seq": {"$gt": after_seq}}
         return self._find("events", query, [("seq", 1)], limit)
-

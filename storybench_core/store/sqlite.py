@@ -61,6 +61,9 @@ COLUMNS: dict[str, dict[str, str]] = {
 # The documented fields of each collection; both backends return every one of them
 # (None when unset), so callers see the same document shape everywhere.
 DOCUMENT_FIELDS: dict[str, tuple[str, ...]] = {name: tuple(cols) for name, cols in COLUMNS.items()}
+DATETIME_FIELDS: dict[str, tuple[str, ...]] = {
+    name: tuple(col for col, kind in cols.items() if kind == "dt") for name, cols in COLUMNS.items()
+}
 
 _SQL_TYPES = {"text": "TEXT", "int": "INTEGER", "real": "REAL", "dt": "TEXT", "json": "TEXT"}
 
@@ -278,7 +281,9 @@ class SQLiteStore:
         marks = ", ".join(f":{k}" for k in row)
         conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", row)
 
-    def _select(self, table: str, where: str, params: Iterable[Any], tail: str = "", cols: str = "*") -> list[Doc]:
+    def _select(
+        self, table: str, where: str, params: Iterable[Any], tail: str = "", cols: str = "*"
+    ) -> list[Doc]:
         sql = f"SELECT {cols} FROM {table}" + (f" WHERE {where}" if where else "") + tail
         with self._tx(write=False) as conn:
             rows = conn.execute(sql, tuple(params)).fetchall()
@@ -328,9 +333,7 @@ class SQLiteStore:
         tail = " ORDER BY created_at DESC, id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
         return self._select("evaluations", where, params, tail)
 
-    def _rewrite_evaluation(
-        self, evaluation_id: str, fields: Doc, from_statuses: list[str] | None
-    ) -> bool:
+    def _rewrite_evaluation(self, evaluation_id: str, fields: Doc, from_statuses: list[str] | None) -> bool:
         if fields.get("id", evaluation_id) != evaluation_id:
             raise StoreError(f"cannot change the id of evaluation {evaluation_id}")
         with self._tx() as conn:
@@ -424,7 +427,11 @@ class SQLiteStore:
                 "prompt_index": prompt_index,
             }
         )
-        cols = "*" if include_messages else ", ".join(c for c in [*COLUMNS["responses"], "extra"] if c != "messages")
+        cols = (
+            "*"
+            if include_messages
+            else ", ".join(c for c in [*COLUMNS["responses"], "extra"] if c != "messages")
+        )
         tail = " ORDER BY evaluation_id, model_name, sequence, run, prompt_index"
         return self._select("responses", where, params, tail, cols)
 

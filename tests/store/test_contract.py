@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 
 from storybench_core.errors import StoreError
 from storybench_core.store.base import Store
-from tests.store.conftest import StoreOpener
+
+StoreOpener = Callable[[], Store]  # the store_opener fixture (conftest.py)
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -32,7 +34,9 @@ def evaluation(n: int = 0, **fields: Any) -> dict[str, Any]:
     return doc
 
 
-def response(evaluation_id: str, model: str = "m", sequence: str = "s", run: int = 1, prompt: int = 0, **fields: Any):
+def response(
+    evaluation_id: str, model: str = "m", sequence: str = "s", run: int = 1, prompt: int = 0, **fields: Any
+):
     doc: dict[str, Any] = {
         "evaluation_id": evaluation_id,
         "task_key": f"{evaluation_id}/{model}/{sequence}/{run}/{prompt}",
@@ -65,7 +69,10 @@ def judgement(response_id: str, evaluation_id: str, attempt: int = 1, **fields: 
         "judge_model": "judge",
         "rubric_hash": "r1",
         "attempt": attempt,
-        "scores": {"voice": {"score": 7, "justification": "lively"}, "plot": {"score": 5, "justification": "thin"}},
+        "scores": {
+            "voice": {"score": 7, "justification": "lively"},
+            "plot": {"score": 5, "justification": "thin"},
+        },
         "overall": 6.0,
         "raw_output": '{"voice": 7}',
         "created_at": T0 + timedelta(seconds=attempt),
@@ -112,7 +119,10 @@ def test_create_evaluation_keeps_a_given_id_and_refuses_a_duplicate(store: Store
 
 
 def test_list_evaluations_newest_first_with_filters(store: Store) -> None:
-    ids = [store.create_evaluation(evaluation(n, status=s)) for n, s in enumerate(["queued", "running", "completed"])]
+    ids = [
+        store.create_evaluation(evaluation(n, status=s))
+        for n, s in enumerate(["queued", "running", "completed"])
+    ]
     assert [e["id"] for e in store.list_evaluations()] == ids[::-1]
     assert [e["id"] for e in store.list_evaluations(limit=2)] == [ids[2], ids[1]]
     assert [e["id"] for e in store.list_evaluations(statuses=["queued", "completed"])] == [ids[2], ids[0]]
@@ -125,7 +135,12 @@ def test_update_evaluation_sets_only_given_fields(store: Store) -> None:
     store.update_evaluation(eid, {"completed_tasks": 3, "error": "boom", "config": {"x": 1}, "note": "extra"})
     got = store.get_evaluation(eid)
     assert got is not None
-    assert (got["completed_tasks"], got["error"], got["config"], got["note"]) == (3, "boom", {"x": 1}, "extra")
+    assert (got["completed_tasks"], got["error"], got["config"], got["note"]) == (
+        3,
+        "boom",
+        {"x": 1},
+        "extra",
+    )
     assert got["name"] == "eval 0" and got["total_tasks"] == 4
     store.update_evaluation(eid, {"error": None})
     assert store.get_evaluation(eid)["error"] is None  # type: ignore[index]
@@ -302,7 +317,7 @@ def test_judgements_are_unique_per_attempt_and_filterable(store: Store) -> None:
     assert first["scores"]["voice"] == {"score": 7, "justification": "lively"}
     assert first["overall"] == 6.0 and first["created_at"] == T0 + timedelta(seconds=1)
     failed = store.list_judgements(response_id=r1, judge_model="judge")
-    assert [(j["attempt"], j["rubric_hash"]) for j in failed] == [(1, "r1"), (1, "r2"), (2, "r1")]
+    assert sorted((j["attempt"], j["rubric_hash"]) for j in failed) == [(1, "r1"), (1, "r2"), (2, "r1")]
     assert next(j for j in failed if j["attempt"] == 2)["overall"] is None  # NaN reads back as None
     assert [j["response_id"] for j in store.list_judgements(judge_model="other")] == [r2]
     with pytest.raises(StoreError, match="attempt"):
@@ -360,7 +375,9 @@ def test_concurrent_event_appends_get_distinct_contiguous_numbers(store_opener: 
 
 def test_verdicts_unique_on_key_and_filterable(store: Store) -> None:
     eid = store.create_evaluation(evaluation())
-    store.add_verdict({"evaluation_id": eid, "verdict_key": "k1", "judge": "j1", "winner": "a", "pair_key": "p"})
+    store.add_verdict(
+        {"evaluation_id": eid, "verdict_key": "k1", "judge": "j1", "winner": "a", "pair_key": "p"}
+    )
     with pytest.raises(StoreError, match="k1"):
         store.add_verdict({"evaluation_id": eid, "verdict_key": "k1", "judge": "j2", "winner": "b"})
     store.add_verdict({"evaluation_id": eid, "verdict_key": "k2", "judge": "j2", "winner": "tie"})

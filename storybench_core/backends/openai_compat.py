@@ -1,0 +1,630 @@
+"""Any OpenAI-compatible chat endpoint: OpenAI, DeepInfra, OpenRouter, Ollama, LM Studio, vLLM, llama.cpp.
+
+The only module that imports `openai`. It streams chat completions, runs its
+own retry loop (429, 5xx and connection errors; exponential backoff with full
+jitter; Retry-After honoured) so every retry is logged and testable, limits
+concurrency and requests per minute per endpoint across the whole process,
+and translates the library's errors into ours. The API key stays in here:
+never in a message, a log line or a Completion.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import tomllib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from ..config import GenerationSettingsConfig, ModelSpec
+from ..errors import ApiError, ApiTimeoutError, AuthError, ConfigError, RateLimitError, StopRequested
+from ..logs import mask_secrets
+from .base import Completion, GenerationSettings, Message, TokenCallback
+from .presets import preset_of
+
+log = logging.getLogger(__name__)
+
+# Sent to servers that want no key: the client library insists on some value.
+NO_KEY = "not-needed"
+SECRETS_FILE = Path(".streamlit") / "secrets.toml"
+# Structured-output modes, strongest first; a server that rejects one gets the next.
+STRUCTURED_MODES = ("json_schema", "json_object", "none")
+
+
+# --- the API key ----------------------------------------------------------------
+
+
+def resolve_api_key(spec: ModelSpec) -> str:
+    """The key for spec's endpoint: $api_key_env, else .streamlit/secrets.toml, else NO_KEY.
+
+    Raises AuthError when the endpoint needs a key and none is set.
+    """
+    preset = preset_of(spec)
+    env = spec.api_key_env or (preset.api_key_env if preset else None)
+    needs_key = preset.needs_key if preset else bool(spec.api_key_env)
+    value = (os.environ.get(env) or _key_from_secrets(env)) if env else None
+    if value and value.strip():
+        return value.strip()
+    if needs_key:
+        where = f"{spec.base_url}" + (f" ({preset.label})" if preset else "")
+        raise AuthError(
+            f"model '{spec.display_name}' needs an API key for {where}: set the environment variable "
+            f'{env} (or add {env} = "..." to {SECRETS_FILE}) and try again'
+        )
+    return NO_KEY
+
+
+def _key_from_secrets(name: str) -> str | None:
+    """A key named `name` in ./.streamlit/secrets.toml, at top level or under [api_keys]."""
+    path = Path.cwd() / SECRETS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        # Only the type: a parse error message could quote a line holding a secret.
+        log.warning("cannot read %s (%s); ignoring it", path, type(exc).__name__)
+        return None
+    value = data.get(name)
+    if not isinstance(value, str):
+        section = data.get("api_keys")
+        value = section.get(name) if isinstance(section, dict) else None
+    return value if isinstance(value, str) and value.strip() else None
+
+
+# --- per-endpoint limits, shared by every backend in the process ---------------------
+
+
+class ConcurrencyGate:
+    """A counting semaphore whose size may change (the latest spec for an endpoint wins)."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self.limit = limit
+        self.in_flight = 0
+
+    def set_limit(self, limit: int) -> None:
+        with self._cond:
+            self.limit = limit
+            self._cond.notify_all()
+
+    def __enter__(self) -> ConcurrencyGate:
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+
+class RateLimiter:
+    """At most `per_window` request starts in any `window_s` seconds (a sliding window)."""
+
+    def __init__(
+        self,
+        per_window: int,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.per_window = per_window
+        self.window_s = window_s
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._starts: deque[float] = deque()
+
+    def acquire(self) -> float:
+        """Wait for a free slot and take it; returns the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._starts and now - self._starts[0] >= self.window_s:
+                    self._starts.popleft()
+                if len(self._starts) < self.per_window:
+                    self._starts.append(now)
+                    return waited
+                delay = self._starts[0] + self.window_s - now
+            self._sleep(delay)
+            waited += delay
+
+
+_LIMITS_LOCK = threading.Lock()
+_GATES: dict[str, ConcurrencyGate] = {}
+_RATE_LIMITERS: dict[str, RateLimiter] = {}
+
+
+def endpoint_gate(base_url: str, max_concurrency: int) -> ConcurrencyGate:
+    """The process-wide concurrency gate for an endpoint, resized to max_concurrency."""
+    key = base_url.rstrip("/")
+    with _LIMITS_LOCK:
+        gate = _GATES.get(key)
+        if gate is None:
+            gate = _GATES[key] = ConcurrencyGate(max_concurrency)
+    if gate.limit != max_concurrency:
+        gate.set_limit(max_concurrency)
+    return gate
+
+
+def endpoint_rate_limiter(base_url: str, requests_per_minute: int | None) -> RateLimiter | None:
+    """The process-wide requests-per-minute limiter for an endpoint (None: unlimited)."""
+    if not requests_per_minute:
+        return None
+    key = base_url.rstrip("/")
+    with _LIMITS_LOCK:
+        limiter = _RATE_LIMITERS.get(key)
+        if limiter is None:
+            limiter = _RATE_LIMITERS[key] = RateLimiter(requests_per_minute)
+        limiter.per_window = requests_per_minute
+    return limiter
+
+
+# --- retries ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to wait before trying a failed request again."""
+
+    max_retries: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    # A Retry-After longer than this is not waited for: the error is raised at once.
+    max_retry_after_s: float = 300.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RetryPolicy:
+        names = ("max_retries", "backoff_base_s", "backoff_max_s", "max_retry_after_s")
+        try:
+            return cls(**{n: type(getattr(cls, n))(options[n]) for n in names if n in options})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model options: {', '.join(names)} must be numbers ({exc})") from None
+
+    def backoff_s(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Full jitter: uniform in [0, min(max, base · 2^attempt)]."""
+        return rng() * min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """Seconds a server asked us to wait: retry-after-ms, or Retry-After as seconds or an HTTP date."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def retry_delay_s(
+    exc: Exception, attempt: int, policy: RetryPolicy, rng: Callable[[], float]
+) -> float | None:
+    """How long to wait before retry number attempt+1, or None when the error is final.
+
+    429, 408, 5xx and refused/dropped connections are retried. A timeout is not: a
+    server that stayed silent for timeout_s rarely answers the same request faster,
+    and retrying would multiply the wait.
+    """
+    if attempt >= policy.max_retries or isinstance(exc, openai.APITimeoutError):
+        return None
+    if isinstance(exc, openai.APIConnectionError):
+        return policy.backoff_s(attempt, rng)
+    if isinstance(exc, openai.APIStatusError) and (exc.status_code in (408, 429) or exc.status_code >= 500):
+        after = parse_retry_after(exc.response.headers)
+        if after is None:
+            return policy.backoff_s(attempt, rng)
+        return after if after <= policy.max_retry_after_s else None
+    return None
+
+
+# --- error translation ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """What an error message may name about an endpoint (never the key itself)."""
+
+    name: str
+    base_url: str
+    model: str
+    key_env: str | None
+    key: str
+    timeout_s: float
+    hint: str = ""
+
+    def mask(self, text: str) -> str:
+        return mask_secrets(text, extra=[self.key] if self.key != NO_KEY else None)
+
+
+def _endpoint_for(spec: ModelSpec, key: str) -> _Endpoint:
+    preset = preset_of(spec)
+    return _Endpoint(
+        name=spec.display_name,
+        base_url=(spec.base_url or "").rstrip("/"),
+        model=spec.api_model or "",
+        key_env=spec.api_key_env or (preset.api_key_env if preset else None),
+        key=key,
+        timeout_s=spec.timeout_s,
+        hint=preset.notes if preset and not preset.needs_key else "",
+    )
+
+
+def _server_message(exc: openai.APIError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        text = body.get("message") or body.get("error") or body.get("detail") or body
+    else:
+        text = body or exc.message
+    text = str(text).strip()
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def map_error(
+    exc: openai.OpenAIError, ep: _Endpoint, *, attempts: int = 1, listing: bool = False
+) -> ApiError:
+    """Our error for an openai library error, with a message saying what to do."""
+    tried = f" after {attempts} attempts" if attempts > 1 else ""
+    who = f"model '{ep.name}'"
+    if isinstance(exc, openai.APITimeoutError):
+        return ApiTimeoutError(
+            f"{who}: no answer from {ep.base_url} within {ep.timeout_s:g} s; "
+            "check the server, or raise the model's timeout_s"
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        detail = f"{type(cause).__name__}: {cause}" if cause else exc.message
+        hint = f" ({ep.hint})" if ep.hint else ""
+        return ApiError(
+            ep.mask(f"{who}: cannot connect to {ep.base_url}{tried} ({detail}); is the server running{hint}?")
+        )
+    if not isinstance(exc, openai.APIStatusError):
+        return ApiError(ep.mask(f"{who}: {ep.base_url} failed{tried}: {exc}"))
+    code = exc.status_code
+    said = f"HTTP {code}: {_server_message(exc)}"
+    if code in (401, 403):
+        if ep.key == NO_KEY:
+            msg = (
+                f"{who}: {ep.base_url} wants an API key ({said}); set the model's api_key_env to the "
+                "name of the environment variable that holds it"
+            )
+        else:
+            msg = f"{who}: the API key from ${ep.key_env} was refused by {ep.base_url} ({said}); check it"
+        return AuthError(ep.mask(msg))
+    if code == 404:
+        if listing:
+            msg = f"{who}: {ep.base_url}/models does not exist ({said}); check base_url (usually ends in /v1)"
+        else:
+            msg = (
+                f"{who}: model '{ep.model}' not found at {ep.base_url} ({said}); see the models it serves "
+                f"with GET {ep.base_url}/models (the model picker on the Configure page lists them), "
+                "and check base_url (most servers end in /v1)"
+            )
+        return ApiError(ep.mask(msg))
+    if code == 429:
+        return RateLimitError(
+            ep.mask(
+                f"{who}: {ep.base_url} is still rate-limiting{tried} ({said}); lower max_concurrency or set "
+                "requests_per_minute for this model, or try again later"
+            )
+        )
+    if code >= 500:
+        return ApiError(ep.mask(f"{who}: {ep.base_url} had a server error{tried} ({said}); try again later"))
+    return ApiError(ep.mask(f"{who}: {ep.base_url} refused the request ({said})"))
+
+
+# --- the backend ------------------------------------------------------------------
+
+
+def _make_client(base_url: str, key: str, timeout_s: float) -> openai.OpenAI:
+    # max_retries=0: the retry loop is ours, so it is logged and honours our policy.
+    return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout_s, max_retries=0)
+
+
+def approx_tokens(messages: Sequence[Message]) -> int:
+    """An APPROXIMATE token count: ~4 characters a token plus a few per message.
+
+    Remote tokenizers are unknown here; good enough to fit a conversation into
+    the context with some margin, not for billing.
+    """
+    return 3 + sum(4 + (len(m.get("content") or "") + 3) // 4 for m in messages)
+
+
+class OpenAIBackend:
+    """Streams chat completions from one model on an OpenAI-compatible endpoint."""
+
+    supports_json_schema = True
+    supports_batch = False
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        generation: GenerationSettingsConfig | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not spec.base_url or not spec.api_model:
+            raise ApiError(f"model '{spec.display_name}': an API model needs base_url and api_model")
+        self.spec = spec
+        self.name = spec.display_name
+        self.base_url = spec.base_url.rstrip("/")
+        self.model = spec.api_model
+        self.retry = retry or RetryPolicy.from_options(spec.options)
+        self._sleep = sleep
+        self._rng = rng
+        self._n_ctx = int(spec.options.get("n_ctx") or (generation.n_ctx if generation else 4096))
+        key = resolve_api_key(spec)
+        self._endpoint = _endpoint_for(spec, key)
+        self._client = _make_client(self.base_url, key, spec.timeout_s)
+        self._gate = endpoint_gate(self.base_url, spec.max_concurrency)
+        self._rate = endpoint_rate_limiter(self.base_url, spec.requests_per_minute)
+        # Request features, downgraded once when the server rejects them.
+        self._structured = STRUCTURED_MODES[0]
+        self._stream_options = bool(spec.options.get("stream_usage", True))
+        self._max_tokens_param = str(spec.options.get("max_tokens_param", "max_tokens"))
+        self.load_note = f"{self.model} at {self.base_url}"
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend({self.model!r} at {self.base_url!r})"
+
+    # -- protocol --
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        settings: GenerationSettings,
+        on_token: TokenCallback | None = None,
+    ) -> Completion:
+        attempt, waited = 0, 0.0
+        while True:
+            emitted: list[str] = []
+            try:
+                completion = self._attempt(messages, settings, on_token, emitted)
+            except StopRequested:
+                raise
+            except openai.OpenAIError as exc:
+                if not emitted and isinstance(exc, openai.APIStatusError) and self._downgrade(exc, settings):
+                    continue
+                delay = None if emitted else retry_delay_s(exc, attempt, self.retry, self._rng)
+                if delay is None:
+                    raise self._final_error(exc, attempt + 1, emitted) from exc
+                log.warning(
+                    "%s: %s from %s; retry %d of %d in %.2f s",
+                    self.name,
+                    _describe(exc),
+                    self.base_url,
+                    attempt + 1,
+                    self.retry.max_retries,
+                    delay,
+                )
+                self._sleep(delay)
+                attempt, waited = attempt + 1, waited + delay
+                continue
+            completion.extra["attempts"] = attempt + 1
+            completion.extra["retry_wait_s"] = round(waited, 3)
+            return completion
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Approximate (see approx_tokens): the endpoint's tokenizer is not available here."""
+        return approx_tokens(messages)
+
+    def context_size(self) -> int:
+        return self._n_ctx
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._client.close()
+
+    # -- one request --
+
+    def _request(self, messages: Sequence[Message], settings: GenerationSettings) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": [dict(m) for m in messages],
+            "stream": True,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "seed": settings.seed,
+            self._max_tokens_param: settings.max_tokens,
+        }
+        if self._stream_options:
+            request["stream_options"] = {"include_usage": True}
+        if settings.stop:
+            request["stop"] = list(settings.stop)
+        if settings.json_schema is not None:
+            if self._structured == "json_schema":
+                request["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "judgement", "schema": settings.json_schema, "strict": True},
+                }
+            elif self._structured == "json_object":
+                request["response_format"] = {"type": "json_object"}
+        extra_body = self.spec.options.get("extra_body")
+        if isinstance(extra_body, dict):
+            request["extra_body"] = extra_body
+        return request
+
+    def _attempt(
+        self,
+        messages: Sequence[Message],
+        settings: GenerationSettings,
+        on_token: TokenCallback | None,
+        emitted: list[str],
+    ) -> Completion:
+        request = self._request(messages, settings)
+        with self._gate:
+            if self._rate is not None:
+                self._rate.acquire()
+            log.debug("%s: POST %s/chat/completions", self.name, self.base_url)
+            start = time.perf_counter()
+            stream = self._client.chat.completions.create(**request)
+            first_token_s: float | None = None
+            finish: str | None = None
+            usage: Any = None
+            try:
+                for chunk in stream:
+                    if getattr(chunk, "usage", None):
+                        usage = chunk.usage
+                    for choice in chunk.choices or ():
+                        if choice.index != 0:
+                            continue
+                        text = getattr(choice.delta, "content", None) if choice.delta else None
+                        if text:
+                            if first_token_s is None:
+                                first_token_s = time.perf_counter() - start
+                            emitted.append(text)
+                            if on_token is not None:
+                                on_token(text)  # may raise StopRequested: the finally closes the stream
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
+            finally:
+                stream.close()
+            elapsed = max(time.perf_counter() - start, 1e-6)
+        return self._completion(messages, settings, emitted, finish, usage, elapsed, first_token_s)
+
+    def _completion(
+        self,
+        messages: Sequence[Message],
+        settings: GenerationSettings,
+        pieces: list[str],
+        finish: str | None,
+        usage: Any,
+        elapsed: float,
+        first_token_s: float | None,
+    ) -> Completion:
+        text = "".join(pieces)
+        extra: dict[str, Any] = {
+            "endpoint": self.base_url,
+            "api_model": self.model,
+            "finish_reason_raw": finish,
+        }
+        if settings.json_schema is not None:
+            extra["structured_output"] = self._structured
+        evaluated: int | None = None
+        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+            prompt_tokens, completion_tokens = (
+                int(usage.prompt_tokens or 0),
+                int(usage.completion_tokens or 0),
+            )
+            cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+            if cached is not None:
+                extra["cached_tokens"] = int(cached)
+                evaluated = prompt_tokens - int(cached)
+        else:
+            # No usage from the server: one streamed piece is about one token.
+            prompt_tokens = approx_tokens(messages)
+            completion_tokens = max(len(pieces), (len(text) + 3) // 4 if text else 0)
+            extra["usage_estimated"] = True
+        # "length" and "stop" as the runner knows them; other reasons (content_filter) kept as they are.
+        finish_reason = "stop" if finish in (None, "stop", "eos", "tool_calls", "function_call") else finish
+        return Completion(
+            text=text,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            generation_time_s=elapsed,
+            prompt_tokens_evaluated=evaluated,
+            first_token_s=first_token_s,
+            template="api",
+            extra=extra,
+        )
+
+    def _downgrade(self, exc: openai.APIStatusError, settings: GenerationSettings) -> bool:
+        """Drop or change a request feature the server rejected (400/422); True to resend at once."""
+        if exc.status_code not in (400, 422):
+            return False
+        said = _server_message(exc).lower()
+        if self._stream_options and "stream_options" in said:
+            self._stream_options = False
+            log.info("%s: %s rejects stream_options; token usage will be estimated", self.name, self.base_url)
+            return True
+        if self._max_tokens_param == "max_tokens" and "max_completion_tokens" in said:
+            self._max_tokens_param = "max_completion_tokens"
+            log.info("%s: %s wants max_completion_tokens instead of max_tokens", self.name, self.base_url)
+            return True
+        if settings.json_schema is not None and self._structured != STRUCTURED_MODES[-1]:
+            rejected = self._structured
+            self._structured = STRUCTURED_MODES[STRUCTURED_MODES.index(rejected) + 1]
+            log.warning(
+                "%s: %s rejected response_format %s (HTTP %d); falling back to %s",
+                self.name,
+                self.base_url,
+                rejected,
+                exc.status_code,
+                self._structured,
+            )
+            return True
+        return False
+
+    def _final_error(self, exc: openai.OpenAIError, attempts: int, emitted: list[str]) -> ApiError:
+        error = map_error(exc, self._endpoint, attempts=attempts)
+        if emitted and not isinstance(error, ApiTimeoutError):
+            chars = sum(len(p) for p in emitted)
+            error = type(error)(f"{error} (the stream broke after {chars} characters; not retried)")
+        return error
+
+
+def _describe(exc: openai.OpenAIError) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}"
+    return type(exc).__name__
+
+
+def create_openai_backend(spec: ModelSpec, generation: GenerationSettingsConfig) -> OpenAIBackend:
+    """Registry factory for kind='api'."""
+    return OpenAIBackend(spec, generation)
+
+
+def list_endpoint_models(spec: ModelSpec, *, retry: RetryPolicy | None = None) -> list[str]:
+    """Model ids served at spec.base_url (GET /models), sorted; errors mapped like chat's."""
+    if not spec.base_url:
+        raise ApiError(f"model '{spec.display_name}': base_url is not set")
+    policy = retry or RetryPolicy.from_options(spec.options)
+    base_url = spec.base_url.rstrip("/")
+    key = resolve_api_key(spec)
+    endpoint = _endpoint_for(spec, key)
+    client = _make_client(base_url, key, spec.timeout_s)
+    try:
+        attempt = 0
+        while True:
+            try:
+                return sorted(model.id for model in client.models.list())
+            except openai.OpenAIError as exc:
+                delay = retry_delay_s(exc, attempt, policy, random.random)
+                if delay is None:
+                    raise map_error(exc, endpoint, attempts=attempt + 1, listing=True) from exc
+                log.warning("listing models at %s: %s; retry in %.2f s", base_url, _describe(exc), delay)
+                time.sleep(delay)
+                attempt += 1
+    finally:
+        client.close()

@@ -1,0 +1,152 @@
+"""MongoDB-only behaviour: a server that is down, masked passwords, indexes, retries, the factory."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure
+
+from storybench_core.errors import StoreError
+from storybench_core.store import mongo as mongo_module
+from storybench_core.store.factory import mask_uri, open_store
+from storybench_core.store.mongo import MongoStore
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("uri", "masked"),
+    [
+        ("mongodb://ann:s3cret@db.example:27017/bench", "mongodb://ann:***@db.example:27017/bench"),
+        (
+            "mongodb+srv://ann:p%40ss@c0.x.net/?retryWrites=true",
+            "mongodb+srv://ann:***@c0.x.net/?retryWrites=true",
+        ),
+        (
+            "mongodb://ann:pa/ss@h1:1,h2:2/db?authSource=admin",
+            "mongodb://ann:***@h1:1,h2:2/db?authSource=admin",
+        ),
+        ("mongodb://ann:a@b@host/db", "mongodb://ann:***@host/db"),
+        ("mongodb://ann@host/db", "mongodb://ann@host/db"),
+        ("mongodb://127.0.0.1:27017", "mongodb://127.0.0.1:27017"),
+        ("not a uri", "not a uri"),
+    ],
+)
+def test_mask_uri_hides_only_the_password(uri: str, masked: str) -> None:
+    assert mask_uri(uri) == masked
+
+
+def test_unreachable_server_fails_fast_with_a_masked_message() -> None:
+    port = _closed_port()
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        MongoStore(f"mongodb://ann:s3cret@127.0.0.1:{port}/?authSource=admin")
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert elapsed < 10, f"took {elapsed:.1f}s"
+    assert f"127.0.0.1:{port}" in message and "ann:***@" in message
+    assert "s3cret" not in message
+    assert "STORYBENCH_MONGODB_URI" in message
+
+
+def test_an_invalid_uri_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match=r"invalid MongoDB URI mongodb://u:\*\*\*@.*STORYBENCH_MONGODB_URI"):
+        MongoStore("mongodb://u:pw@")
+
+
+def test_open_store_reports_an_unreachable_env_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A timeout chosen in the URI wins over our default.
+    uri = f"mongodb://u:hunter2@127.0.0.1:{_closed_port()}/?serverSelectionTimeoutMS=300"
+    monkeypatch.setenv("STORYBENCH_MONGODB_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        open_store()
+    assert time.monotonic() - started < 2.5
+    assert "hunter2" not in str(info.value) and "u:***@" in str(info.value)
+
+
+def test_open_store_reads_the_streamlit_secrets_file(
+    nx_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STORYBENCH_MONGODB_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".streamlit").mkdir()
+    db_name = f"sbsecrets_{uuid.uuid4().hex[:8]}"
+    (tmp_path / ".streamlit" / "secrets.toml").write_text(f'mongodb_uri = "{nx_server}/{db_name}"\n')
+    store = open_store()
+    try:
+        assert isinstance(store, MongoStore) and store.db_name == db_name
+        assert db_name in store.describe()
+        store.ping()
+    finally:
+        store._client.drop_database(db_name)
+        store.close()
+
+
+def test_a_broken_secrets_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STORYBENCH_MONGODB_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".streamlit").mkdir()
+    (tmp_path / ".streamlit" / "secrets.toml").write_text("mongodb_uri = \n")
+    with pytest.raises(StoreError, match=r"secrets\.toml"):
+        open_store()
+
+
+def test_ensure_indexes_is_idempotent_and_unique_where_promised(nx_server: str) -> None:
+    db_name = f"sbindex_{uuid.uuid4().hex[:8]}"
+    store = MongoStore(nx_server, db_name)
+    try:
+        store.ensure_indexes()  # a second time: no error
+        db = store._client[db_name]
+        for collection, keys in [
+            ("responses", ["task_key"]),
+            ("judgements", ["response_id", "judge_model", "rubric_hash", "attempt"]),
+            ("events", ["evaluation_id", "seq"]),
+            ("verdicts", ["verdict_key"]),
+            ("votes", ["voter", "pair_key"]),
+        ]:
+            info = db[collection].index_information().values()
+            assert any(ix.get("unique") and [k for k, _ in ix["key"]] == keys for ix in info), collection
+    finally:
+        store._client.drop_database(db_name)
+        store.close()
+
+
+def test_transient_errors_are_retried_then_reported(nx_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mongo_module, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    db_name = f"sbretry_{uuid.uuid4().hex[:8]}"
+    store = MongoStore(nx_server, db_name)
+    try:
+        calls: list[int] = []
+
+        def flaky() -> str:
+            calls.append(1)
+            if len(calls) < 3:
+                raise NetworkTimeout("timed out")
+            return "ok"
+
+        assert store._call("flaky read", flaky) == "ok" and len(calls) == 3
+
+        def down() -> None:
+            raise AutoReconnect("connection reset")
+
+        with pytest.raises(StoreError, match="after 4 tries"):
+            store._call("always down", down)
+
+        def refused() -> None:
+            raise OperationFailure("not authorized on storybench")
+
+        with pytest.raises(StoreError, match="not authorized"):
+            store._call("write", refused)
+    finally:
+        store._client.drop_database(db_name)
+        store.close()
