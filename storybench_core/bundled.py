@@ -29,7 +29,7 @@ _MARKER_SUFFIX = ".verified.json"
 _BLOCK = 1024 * 1024
 
 Progress = Callable[[int, int], None]
-"""progress(done_bytes, total_bytes)"""
+"""progress(done_bytes, total_bytes), called as bytes are written; total is 0 while unknown."""
 
 
 def bundled_model_path() -> Path:

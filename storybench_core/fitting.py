@@ -38,6 +38,8 @@ class GpuPlan:
 
     `n_gpu_layers` is llama.cpp's count: 0 is CPU only, `total_layers` puts
     every block on the GPU, `total_layers + 1` the output layer as well.
+    `estimated_vram_bytes` is offloaded weights + their KV cache + 300 MiB
+    of compute buffers; fitting holds back `compute_overhead_bytes(budget)`.
     """
 
     n_gpu_layers: int
@@ -133,7 +135,7 @@ def choose_gpu_layers(
         )
         return GpuPlan(0, total, 0, budget, reason, gpu_index=gpu_index)
 
-    estimated = used + overhead
+    estimated = used + COMPUTE_OVERHEAD_MIN_BYTES  # the likely use; the larger reserve only guides fitting
     spent = f"{format_bytes(estimated)} of {budget_text}"
     if output_fits:
         reason = f"all {total} layers + output on {gpu_label}: {spent}"

@@ -18,7 +18,6 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,19 +36,17 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from storybench_core.bundled import BUNDLED_MODEL_NAME, bundled_model_path
+from storybench_core.bundled import BUNDLED_MODEL_NAME, Progress, bundled_model_path
 from storybench_core.errors import DownloadError, ModelFileError
 from storybench_core.gguf_info import GGUFInfo, read_gguf_info
 from storybench_core.paths import models_dir
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
-"""progress(downloaded_bytes, total_bytes); total is 0 while unknown."""
 
 _HF_BOOKKEEPING = ".cache"  # huggingface_hub's local_dir metadata folder
 _NETWORK_ERRORS = (httpx2.ConnectError, httpx2.TimeoutException, httpx2.ProxyError, OfflineModeIsEnabled)
-_TRANSFER_ERRORS = (httpx2.TransportError, httpx2.RemoteProtocolError)
+_TRANSFER_ERRORS = (httpx2.TransportError,)  # a body cut short, after huggingface_hub's own retries
 _METADATA_TIMEOUT_S = 15.0
 
 
@@ -162,7 +159,8 @@ def resolve_model(ref: ModelRef, progress: Progress | None = None) -> Path:
             revision=ref.revision,
             local_dir=local_dir_for(ref),
             endpoint=endpoint,
-            tqdm_class=_progress_class(progress, expected_size) if progress else None,  # type: ignore[arg-type]
+            # always ours: no tqdm bars on a worker's stderr when nobody asked for progress
+            tqdm_class=_progress_class(progress or _ignore, expected_size),  # type: ignore[arg-type]
         )
     except (HfHubHTTPError, HFValidationError) as exc:
         raise _hub_error(ref, exc, endpoint) from exc
@@ -232,6 +230,10 @@ def delete_cached_model(path: str | Path) -> int:
 # --- helpers ---------------------------------------------------------------------------------
 
 
+def _ignore(done: int, total: int) -> None:
+    pass
+
+
 def _endpoint() -> str | None:
     """HF_ENDPOINT as set now (huggingface_hub reads it once, at import)."""
     endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
@@ -245,7 +247,7 @@ def _validated(path: Path, ref: ModelRef, progress: Progress | None) -> Path:
         _remove_download(path)
         raise ModelFileError(
             f"{ref} is not a usable GGUF model and was removed: {exc} — "
-            "pick a .gguf file from the repository (`storybench models files REPO` lists them)"
+            "pick a .gguf model file from the repository"
         ) from exc
     if progress is not None:
         size = path.stat().st_size
@@ -424,7 +426,7 @@ def _available(ref: ModelRef) -> str:
     try:
         names = list_repo_gguf_files(ref.repo_id, ref.revision)
     except DownloadError:
-        return "list the repository's files with `storybench models files REPO`"
+        return "see the repository's file list on the Hub for the .gguf files it has"
     if not names:
         return "this repository has no .gguf files; pick a GGUF repository (names usually end in -GGUF)"
     shown = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")

@@ -137,7 +137,8 @@ def judge_messages(rubric: Rubric, response_doc: Doc, history_chars: int = HISTO
     if response_doc.get("dropped_turns"):
         history += f"\n(The {response_doc['dropped_turns']} oldest turn(s) did not fit the writer's context.)"
     ids = list(rubric.criterion_ids)
-    example = {cid: {"score": rubric.scale_min, "justification": "..."} for cid in ids[:2]}
+    slot = f'{{"score": <{rubric.scale_min}-{rubric.scale_max}>, "justification": "<one or two sentences>"}}'
+    shape = "{" + ", ".join(f'"{cid}": {slot}' for cid in ids[:2]) + ", ...}"
     user = "\n".join(
         [
             "Grade the RESPONSE at the end against the rubric.",
@@ -160,7 +161,7 @@ def judge_messages(rubric: Rubric, response_doc: Doc, history_chars: int = HISTO
             f'{rubric.scale_min} to {rubric.scale_max} chosen by the anchors, and "justification", one or two '
             "short sentences that point at the text. Score each criterion on its own; a response that is "
             "empty, cut off or ignores the brief scores low. Do not add an overall score.",
-            f"Shape (all {len(ids)} keys are required): {json.dumps(example)[:-1]}, ...}}",
+            f"Shape (all {len(ids)} keys are required): {shape}",
         ]
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]

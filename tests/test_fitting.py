@@ -117,9 +117,17 @@ def test_no_gpu(tiny: GGUFInfo) -> None:
         assert (plan.n_gpu_layers, plan.reason, plan.gpu_index) == (0, "no GPU: CPU only", None)
 
 
-def test_compute_overhead_grows_with_large_budgets() -> None:
+def test_compute_overhead_grows_with_large_budgets(tiny: GGUFInfo) -> None:
     assert compute_overhead_bytes(GIB) == COMPUTE_OVERHEAD_MIN_BYTES
     assert compute_overhead_bytes(40 * GIB) == 2 * GIB
+    # fitting holds back 2 GiB, but the estimate counts what the model is likely to use
+    plan = choose_gpu_layers(tiny, N_CTX, 40 * GIB, 100)
+    assert plan.estimated_vram_bytes == OVERHEAD + 4 * (LAYER + KV_LAYER) + OUTPUT
+    room = 40 * GIB - 2 * GIB
+    huge = replace(tiny, layer_tensor_bytes=(room // 4 - KV_LAYER,) * 4, output_tensor_bytes=1)
+    assert choose_gpu_layers(huge, N_CTX, 40 * GIB, 100).n_gpu_layers == 4
+    bigger = replace(huge, layer_tensor_bytes=(room // 4 - KV_LAYER + 1,) * 4)
+    assert choose_gpu_layers(bigger, N_CTX, 40 * GIB, 100).n_gpu_layers == 3
 
 
 def test_plan_for_model_picks_the_gpu_with_most_free_memory(tiny: GGUFInfo) -> None:

@@ -333,7 +333,11 @@ def test_cached_models_lists_bundled_first_and_delete(fake_hub: FakeHub, tiny_by
     assert models[2].name == f"{REPO}/q4/tiny-Q4_K_M.gguf@v1.0"
     assert models[2].info is not None and models[2].info.block_count == 3
     assert models[2].to_dict()["block_count"] == 3
-    assert (models[2].architecture, models[2].quantization, models[2].context_length) == ("llama", "F32", 2048)
+    assert (models[2].architecture, models[2].quantization, models[2].context_length) == (
+        "llama",
+        "F32",
+        2048,
+    )
     assert models[1].architecture is None
     assert models[1].info is None and "incomplete" in (models[1].error or "")
 

@@ -6,6 +6,11 @@ jitter; Retry-After honoured) so every retry is logged and testable, limits
 concurrency and requests per minute per endpoint across the whole process,
 and translates the library's errors into ours. The API key stays in here:
 never in a message, a log line or a Completion.
+
+ModelSpec.options understood here: n_ctx, max_retries, backoff_base_s,
+backoff_max_s, max_retry_after_s, stream_usage (False: don't ask for usage),
+max_tokens_param ("max_completion_tokens" for newer OpenAI models), and
+extra_body (a dict merged into each request, e.g. OpenRouter routing).
 """
 
 from __future__ import annotations

@@ -1,0 +1,198 @@
+"""How fast do the results frames build at scale? (issue 4; target: under 2 s at 100k on SQLite)
+
+Fills a temporary SQLite store through the Store protocol with synthetic
+responses and one judgement each (10k, then 100k), then times the reads and
+frames the Results page needs: responses_frame (the one projection query per
+collection), leaderboard (with a 1000-sample bootstrap), per-criterion,
+per-sequence, score distribution and length-vs-score. Prints each time and
+the growth ratio 100k / 10k.
+
+    .venv/bin/python bench/results_scale.py            # 10k and 100k
+    .venv/bin/python bench/results_scale.py --sizes 2000 20000 --words 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from storybench_core import catalog, results  # noqa: E402
+from storybench_core.runner import task_key  # noqa: E402
+from storybench_core.store.sqlite import SQLiteStore  # noqa: E402
+
+MODELS = [f"model-{i}" for i in range(8)]
+VOCAB = (
+    "the a lantern river city archive signal winter glass engine whisper orchard border ferry memory "
+    "storm clockwork harbour silence mirror desert courier relay ember she he walked said quietly "
+    "under over door light dark morning letter road station dust salt wire"
+).split()
+BATCH = 1000
+
+
+def synthetic_docs(eid: str, n: int, words: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """n responses spread over models × sequences × runs × 3 prompts, each with one judgement."""
+    rng = random.Random(seed)
+    rubric = catalog.load_rubric()
+    sequences = [s.id for s in catalog.list_sequences()]
+    per_run = len(MODELS) * len(sequences) * 3
+    runs = -(-n // per_run)
+    now = datetime.now(UTC)
+    responses, judgements = [], []
+    quality = {m: rng.uniform(2.0, 4.0) for m in MODELS}
+    for run in range(1, runs + 1):
+        for model in MODELS:
+            for seq in sequences:
+                for prompt in range(3):
+                    if len(responses) >= n:
+                        break
+                    rid = f"r{len(responses):07d}"
+                    length = max(10, int(rng.gauss(words, words / 3)))
+                    text = " ".join(rng.choice(VOCAB) for _ in range(length))
+                    tokens = int(length * 1.3)
+                    seconds = tokens / rng.uniform(20, 60)
+                    responses.append(
+                        {
+                            "id": rid,
+                            "evaluation_id": eid,
+                            "task_key": task_key(eid, model, seq, run, prompt),
+                            "model_name": model,
+                            "model_ref": {"kind": "fake"},
+                            "sequence": seq,
+                            "run": run,
+                            "prompt_index": prompt,
+                            "prompt_name": f"p{prompt}",
+                            "prompt_text": "Write the next scene.",
+                            "messages": [],
+                            "response": text,
+                            "finish_reason": "stop",
+                            "prompt_tokens": 200,
+                            "completion_tokens": tokens,
+                            "generation_time_s": round(seconds, 3),
+                            "tokens_per_s": round(tokens / seconds, 2),
+                            "seed": 42 + run * 1000 + prompt,
+                            "created_at": now,
+                            "error": None,
+                        }
+                    )
+                    failed = rng.random() < 0.01
+                    scores = None
+                    if not failed:
+                        scores = {
+                            c: {
+                                "score": min(5, max(1, round(rng.gauss(quality[model], 0.8)))),
+                                "justification": "The scene keeps its promise but leans on a familiar image.",
+                            }
+                            for c in rubric.criterion_ids
+                        }
+                    judgements.append(
+                        {
+                            "id": f"j{len(judgements):07d}",
+                            "response_id": rid,
+                            "evaluation_id": eid,
+                            "judge_model": "judge-a",
+                            "rubric_hash": rubric.rubric_hash,
+                            "attempt": 1,
+                            "scores": scores,
+                            "overall": None if failed else sum(v["score"] for v in scores.values()) / len(scores),
+                            "raw_output": "{...}" if failed else str(scores),
+                            "created_at": now,
+                            "error": "no valid judgement after 3 tries" if failed else None,
+                            "structured_output": "json_schema",
+                            "retries": 0,
+                        }
+                    )
+    return responses, judgements
+
+
+def fill(store: SQLiteStore, eid: str, n: int, words: int) -> float:
+    """Insert through the Store protocol in batches (a bulk method is used when the store has one)."""
+    responses, judgements = synthetic_docs(eid, n, words)
+    store.create_evaluation({"id": eid, "name": f"scale {n}", "config": {}, "status": "completed"})
+    start = time.perf_counter()
+    bulk_r: Callable[..., Any] | None = getattr(store, "upsert_responses", None)
+    bulk_j: Callable[..., Any] | None = getattr(store, "add_judgements", None)
+    for i in range(0, n, BATCH):
+        chunk_r, chunk_j = responses[i : i + BATCH], judgements[i : i + BATCH]
+        if bulk_r is not None:
+            bulk_r(chunk_r)
+        else:
+            for doc in chunk_r:
+                store.upsert_response(doc)
+        if bulk_j is not None:
+            bulk_j(chunk_j)
+        else:
+            for doc in chunk_j:
+                store.add_judgement(doc)
+    return time.perf_counter() - start
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def measure(store: SQLiteStore, eid: str, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` seconds for each step the Results page runs."""
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        times: dict[str, float] = {}
+        _, times["list_responses"] = timed(lambda: store.list_responses(eid, include_messages=False))
+        _, times["list_judgements"] = timed(lambda: store.list_judgements(eid))
+        df, times["responses_frame"] = timed(lambda: results.responses_frame(store, eid))
+        _, times["leaderboard"] = timed(lambda: results.leaderboard(df))
+        _, times["per_criterion"] = timed(lambda: results.per_criterion(df))
+        _, times["per_sequence"] = timed(lambda: results.per_sequence(df))
+        _, times["score_distribution"] = timed(lambda: results.score_distribution(df))
+        _, times["length_vs_score"] = timed(lambda: results.length_vs_score(df))
+        times["total (frame + leaderboard + charts)"] = sum(
+            times[k]
+            for k in ("responses_frame", "leaderboard", "per_criterion", "per_sequence", "score_distribution", "length_vs_score")
+        )
+        for key, value in times.items():
+            best[key] = min(best.get(key, value), value)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--words", type=int, default=200, help="mean words per synthetic response")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("STORYBENCH_HOME", tempfile.mkdtemp(prefix="storybench-bench-home-"))
+    rows: dict[int, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="storybench-bench-") as tmp:
+        for n in args.sizes:
+            store = SQLiteStore(Path(tmp) / f"scale-{n}.db")
+            eid = f"scale{n}"
+            seconds = fill(store, eid, n, args.words)
+            size_mb = (Path(tmp) / f"scale-{n}.db").stat().st_size / 1e6
+            print(f"{n:>7} responses + judgements inserted in {seconds:.1f} s ({size_mb:.0f} MB file)", flush=True)
+            rows[n] = measure(store, eid, args.repeats)
+            for key, value in rows[n].items():
+                print(f"    {key:<40} {value:7.3f} s", flush=True)
+            store.close()
+    if len(args.sizes) >= 2:
+        small, big = args.sizes[0], args.sizes[-1]
+        print(f"\ngrowth {big}/{small} (×{big / small:.0f} data):")
+        for key in rows[big]:
+            ratio = rows[big][key] / rows[small][key] if rows[small][key] else float("nan")
+            print(f"    {key:<40} ×{ratio:.1f}")
+        total = rows[big]["total (frame + leaderboard + charts)"]
+        print(f"\n{big} responses: {total:.2f} s for frame + leaderboard + chart frames (target < 2 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

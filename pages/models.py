@@ -1,0 +1,96 @@
+"""Models: the local model cache, and downloads of GGUF files from the Hugging Face Hub.
+
+Downloads run on a background thread owned by the server (ui.services.downloads);
+this page only starts them and polls their progress.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from storybench_core import hub
+from storybench_core.views import models as models_view
+from ui import services, widgets
+
+PAGE = "models"
+
+st.title("Models")
+widgets.show_flash(PAGE)
+
+st.subheader("Cached models")
+with widgets.guarded("listing the cached models"):
+    cached = services.cached_models()
+    if not cached:
+        st.info(
+            "No model files yet. The bundled model is prepared on first use; "
+            "download others below or point a config at a local .gguf file."
+        )
+    else:
+        st.dataframe(models_view.cached_models_frame(cached), hide_index=True)
+        deletable = [str(m.path) for m in cached if not m.bundled]
+        if deletable:
+            with st.expander("Delete a downloaded model", icon=":material/delete:"):
+                target = st.selectbox("Model file", deletable, key=f"{PAGE}.delete_target")
+                st.button(
+                    "Delete file",
+                    key=f"{PAGE}.delete",
+                    on_click=widgets.run_action,
+                    args=(PAGE, "deleting the model", hub.delete_cached_model, target),
+                    kwargs={"done": f"Deleted {target}."},
+                )
+
+
+def start_download(repo_id: str, filename: str, subdirectory: str, revision: str) -> None:
+    services.downloads().start(models_view.model_ref_from_form(repo_id, filename, subdirectory, revision))
+
+
+st.subheader("Download from the Hugging Face Hub")
+st.caption(
+    "Give the repository and the GGUF file (optionally a subdirectory and revision). "
+    "Gated repositories need HF_TOKEN in the server's environment."
+)
+repo_col, list_col = st.columns([4, 1], vertical_alignment="bottom")
+repo_id = repo_col.text_input("Repository id", key=f"{PAGE}.repo_id", placeholder="owner/name")
+if list_col.button("List GGUF files", key=f"{PAGE}.list", disabled=not repo_id.strip()):
+    with widgets.guarded("listing the repository's files"), st.spinner("Asking the Hub…"):
+        st.session_state[f"{PAGE}.files"] = hub.list_repo_gguf_files(repo_id.strip())
+files = st.session_state.get(f"{PAGE}.files") or []
+if files:
+    st.caption("GGUF files in the repository: " + ", ".join(f"`{f}`" for f in files))
+
+with st.form(f"{PAGE}.download_form", border=True):
+    filename = st.text_input("File name", key=f"{PAGE}.filename", placeholder="model-Q4_K_M.gguf")
+    sub_col, rev_col = st.columns(2)
+    subdirectory = sub_col.text_input("Subdirectory (optional)", key=f"{PAGE}.subdirectory")
+    revision = rev_col.text_input("Revision (optional)", key=f"{PAGE}.revision", placeholder="main")
+    st.form_submit_button(
+        "Download",
+        icon=":material/download:",
+        on_click=lambda: widgets.run_action(
+            PAGE,
+            "starting the download",
+            start_download,
+            st.session_state[f"{PAGE}.repo_id"],
+            st.session_state[f"{PAGE}.filename"],
+            st.session_state[f"{PAGE}.subdirectory"],
+            st.session_state[f"{PAGE}.revision"],
+        ),
+    )
+
+
+@st.fragment(run_every=1.0)
+def downloads() -> None:
+    """Progress of this server's downloads, re-read every second."""
+    states = services.downloads().snapshot()
+    if not states:
+        return
+    st.subheader("Downloads")
+    for state in states:
+        st.progress(state.fraction, text=state.progress_label)
+        if state.error:
+            st.error(state.error, icon=":material/error:")
+        elif state.path:
+            st.caption(f"Saved to {state.path}")
+
+
+downloads()

@@ -1,0 +1,1 @@
+"""Streamlit-side helpers shared by the pages: cached services (services.py) and rendering pieces (widgets.py)."""

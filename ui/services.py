@@ -1,0 +1,159 @@
+"""Shared services of the dashboard process and thin cached reads.
+
+`store()` and `worker()` are created once per server process through
+`st.cache_resource`: every session shares one store connection and the one
+background Worker that claims queued evaluations (generation never runs in a
+page script). Reads go through `st.cache_data(ttl=...)` wrappers, one call
+into storybench_core each. Every cached function takes the store location as
+its first argument, so two STORYBENCH_HOMEs in one process (tests) never
+share an entry.
+
+STORYBENCH_DISABLE_WORKER=1 keeps the server from starting its worker, e.g.
+when a `storybench worker` process does the work, or in tests that run the
+worker themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamlit as st
+
+from storybench_core import catalog, jobs, paths
+from storybench_core.hardware import HardwareSnapshot, hardware_snapshot
+from storybench_core.logs import setup_logging
+from storybench_core.store.base import Doc, Store
+from storybench_core.store.factory import configured_uri, open_store
+from storybench_core.views import configure as configure_view
+from storybench_core.views.models import DownloadTracker
+
+DISABLE_WORKER_ENV = "STORYBENCH_DISABLE_WORKER"
+
+
+def store_location() -> str:
+    """The configured store URI, or the SQLite file of the current STORYBENCH_HOME."""
+    return configured_uri() or f"sqlite:{paths.sqlite_path()}"
+
+
+def worker_enabled() -> bool:
+    return os.environ.get(DISABLE_WORKER_ENV, "").strip().lower() not in ("1", "true", "yes")
+
+
+# --- process-wide resources -------------------------------------------------------------
+
+
+def _close_store(store: Store) -> None:
+    store.close()
+
+
+@st.cache_resource(show_spinner=False, on_release=_close_store)
+def _store(location: str) -> Store:
+    setup_logging()
+    return open_store(location)
+
+
+def store() -> Store:
+    """The store every session of this server shares; raises StoreError when unreachable."""
+    return _store(store_location())
+
+
+def _stop_worker(worker: jobs.Worker | None) -> None:
+    if worker is not None:
+        worker.shutdown(timeout=5.0)
+
+
+@st.cache_resource(show_spinner=False, on_release=_stop_worker)
+def _worker(location: str, enabled: bool) -> jobs.Worker | None:
+    if not enabled:
+        return None
+    return jobs.Worker(_store(location)).start()
+
+
+def worker() -> jobs.Worker | None:
+    """The server-owned worker (started on first use), or None when disabled."""
+    return _worker(store_location(), worker_enabled())
+
+
+@st.cache_resource(show_spinner=False)
+def _downloads(location: str) -> DownloadTracker:
+    return DownloadTracker()
+
+
+def downloads() -> DownloadTracker:
+    """The process-wide model download tracker."""
+    return _downloads(str(paths.models_dir()))
+
+
+# --- cached reads ---------------------------------------------------------------------
+
+
+@st.cache_data(ttl=1.0, show_spinner=False)
+def _evaluations(location: str, limit: int) -> list[Doc]:
+    return store().list_evaluations(limit=limit)
+
+
+def evaluations(limit: int = 200) -> list[Doc]:
+    """Newest first."""
+    return _evaluations(store_location(), limit)
+
+
+@st.cache_data(ttl=2.0, show_spinner=False)
+def _responses(location: str, evaluation_id: str | None) -> list[Doc]:
+    return store().list_responses(evaluation_id, include_messages=False)
+
+
+def responses(evaluation_id: str | None = None) -> list[Doc]:
+    """Stored responses without their messages (the table); one evaluation or all."""
+    return _responses(store_location(), evaluation_id)
+
+
+@st.cache_data(ttl=5.0, show_spinner=False)
+def _response(location: str, response_id: str) -> Doc | None:
+    return store().get_response(response_id)
+
+
+def response(response_id: str) -> Doc | None:
+    """One response with the messages the model saw."""
+    return _response(store_location(), response_id)
+
+
+@st.cache_data(ttl=30.0, show_spinner=False)
+def _sequences(home: str) -> list[catalog.SequenceDef]:
+    return catalog.list_sequences()
+
+
+def sequences() -> list[catalog.SequenceDef]:
+    return _sequences(str(paths.storybench_home()))
+
+
+@st.cache_data(ttl=5.0, show_spinner=False)
+def _saved_configs(home: str) -> list[str]:
+    return configure_view.saved_config_names()
+
+
+def saved_configs() -> list[str]:
+    return _saved_configs(str(paths.storybench_home()))
+
+
+@st.cache_data(ttl=1.0, show_spinner=False)
+def hardware() -> HardwareSnapshot:
+    """One snapshot per second at most, however many sessions watch."""
+    return hardware_snapshot(cpu_sample_s=0.2)
+
+
+@st.cache_data(ttl=5.0, show_spinner=False)
+def _cached_models(home: str) -> list[Any]:
+    from storybench_core.hub import cached_models
+
+    return cached_models()
+
+
+def cached_models() -> list[Any]:
+    return _cached_models(str(paths.storybench_home()))
+
+
+def refresh_after_write() -> None:
+    """Drop cached reads a write may have changed, so this session sees it at once."""
+    for cached in (_evaluations, _responses, _response, _saved_configs, _cached_models):
+        cached.clear()
