@@ -13,12 +13,16 @@ from ui import services, widgets
 
 st.set_page_config(page_title="Storybench", page_icon=":material/auto_stories:", layout="wide")
 
+# The page scripts live in app_pages/, not pages/: with a pages/ folder beside this file,
+# Streamlit runs a page URL opened before any session has called st.navigation (e.g. a
+# bookmark right after a restart) as a legacy standalone page, skipping this file.
 PAGES = [
-    st.Page("pages/configure.py", title="Configure", icon=":material/tune:", default=True),
-    st.Page("pages/run.py", title="Run", icon=":material/play_circle:"),
-    st.Page("pages/results.py", title="Results", icon=":material/table_chart:"),
-    st.Page("pages/models.py", title="Models", icon=":material/download:"),
-    st.Page("pages/hardware.py", title="Hardware", icon=":material/memory:"),
+    st.Page("app_pages/configure.py", title="Configure", icon=":material/tune:", default=True),
+    st.Page("app_pages/run.py", title="Run", icon=":material/play_circle:"),
+    st.Page("app_pages/results.py", title="Results", icon=":material/table_chart:"),
+    st.Page("app_pages/models.py", title="Models", icon=":material/download:"),
+    st.Page("app_pages/vote.py", title="Vote", icon=":material/how_to_vote:"),
+    st.Page("app_pages/hardware.py", title="Hardware", icon=":material/memory:"),
 ]
 
 page = st.navigation(PAGES)

@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their feature (judge, export, …)."""
     found = []
-    for module in ("cli_results",):
+    for module in ("cli_results", "cli_pairwise"):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=["register"])
         except ImportError:

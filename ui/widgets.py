@@ -112,9 +112,9 @@ def require_store() -> Store:
         raise  # unreachable: st.stop raises
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=3.0)
 def sidebar_status() -> None:
-    """Store location (password masked) and what the workers are doing, refreshed every 2 s."""
+    """Store location (password masked) and what the workers are doing, refreshed every 3 s."""
     try:
         store = services.store()
     except Exception as exc:

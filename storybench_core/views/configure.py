@@ -116,12 +116,17 @@ def form_values(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[st
         choice = _judge_choice_for(spec, models)
         values["judge_model"] = choice or _LOADED + ModelSpec(**spec).display_name
         if choice == JUDGE_API:
-            values["judge_preset"], values["judge_api_model"] = spec.get("preset"), spec.get("api_model") or ""
+            values["judge_preset"], values["judge_api_model"] = (
+                spec.get("preset"),
+                spec.get("api_model") or "",
+            )
     values["auto_evaluate"] = bool(base.get("auto_evaluate", False))
     return values, models, base
 
 
-def _judge_model(values: Mapping[str, Any], models: Sequence[Mapping[str, Any]], base: Mapping[str, Any]) -> Any:
+def _judge_model(
+    values: Mapping[str, Any], models: Sequence[Mapping[str, Any]], base: Mapping[str, Any]
+) -> Any:
     choice = values.get("judge_model") or JUDGE_NONE
     if choice == JUDGE_NONE:
         return None
@@ -155,7 +160,9 @@ def config_dict(
     data = copy.deepcopy(dict(base or {}))
     data["name"] = str(values.get("name") or "").strip()
     data["models"] = [dict(m) for m in models]
-    data["generation"] = dict(data.get("generation") or {}) | {f: values[f] for f in GENERATION_FIELDS if f in values}
+    data["generation"] = dict(data.get("generation") or {}) | {
+        f: values[f] for f in GENERATION_FIELDS if f in values
+    }
     data["sequences"] = list(values.get("sequences") or [])
     judge = dict(data.get("judge") or {})
     judge["enabled"] = bool(values.get("judge_enabled", False))
@@ -175,7 +182,11 @@ def field_for(loc: str, message: str = "") -> str:
     """The page field an error location belongs to ('models.0.kind' → 'models')."""
     if loc == "(top level)":
         lowered = message.lower()
-        for word, key in (("model names", "models"), ("sequence", "sequences"), ("auto_evaluate", "auto_evaluate")):
+        for word, key in (
+            ("model names", "models"),
+            ("sequence", "sequences"),
+            ("auto_evaluate", "auto_evaluate"),
+        ):
             if word in lowered:
                 return key
         return GENERAL
@@ -196,7 +207,8 @@ def field_errors(message: str) -> dict[str, list[str]]:
         match = _LINE_RE.match(line)
         if match:
             key = field_for(match["loc"], match["msg"])
-            text = match["msg"] if key == match["loc"] else f"{match['loc']}: {match['msg']}"
+            same = key == match["loc"] or match["loc"] == "(top level)"
+            text = match["msg"] if same else f"{match['loc']}: {match['msg']}"
         else:
             key, text = GENERAL, line.strip()
         errors.setdefault(key, []).append(text)
@@ -332,6 +344,14 @@ def config_slug(name: str) -> str:
     return slug
 
 
+def safe_slug(name: str) -> str | None:
+    """config_slug, or None when the name has nothing usable."""
+    try:
+        return config_slug(name)
+    except ConfigError:
+        return None
+
+
 def saved_config_names() -> list[str]:
     """Names of the configs saved in STORYBENCH_HOME/configs."""
     return sorted(p.stem for p in paths.configs_dir().glob("*.json"))
@@ -360,7 +380,9 @@ def parse_uploaded_config(data: bytes, filename: str = "upload.json") -> RunConf
         else:
             parsed = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{filename}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise ConfigError(
+            f"{filename}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     except Exception as exc:  # yaml.YAMLError
         raise ConfigError(f"{filename}: not valid YAML: {exc}") from None
     return parse_config(parsed, source=filename)

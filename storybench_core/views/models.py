@@ -65,7 +65,9 @@ def model_ref_from_form(repo_id: str, filename: str, subdirectory: str = "", rev
     repo_id, filename = repo_id.strip(), filename.strip().strip("/")
     subdirectory, revision = subdirectory.strip().strip("/"), revision.strip()
     if not _REPO_RE.match(repo_id):
-        raise ConfigError(f"repository id '{repo_id}' must look like 'owner/name', e.g. 'unsloth/gemma-3-1b-it-GGUF'")
+        raise ConfigError(
+            f"repository id '{repo_id}' must look like 'owner/name', e.g. 'unsloth/gemma-3-1b-it-GGUF'"
+        )
     if not filename.lower().endswith(".gguf"):
         raise ConfigError(f"filename '{filename}' must be a .gguf file, e.g. 'gemma-3-1b-it-Q4_K_M.gguf'")
     if "/" in filename and not subdirectory:
@@ -127,7 +129,9 @@ class DownloadTracker:
                 return current
             state = DownloadState(label=label, started_at=time.time())
             self._states[label] = state
-            thread = threading.Thread(target=self._run, args=(ref, label), name=f"download-{label}", daemon=True)
+            thread = threading.Thread(
+                target=self._run, args=(ref, label), name=f"download-{label}", daemon=True
+            )
             self._threads[label] = thread
         thread.start()
         return state

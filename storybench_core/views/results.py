@@ -249,6 +249,11 @@ class ResponseDetail:
     conversation: list[dict[str, str]]
     facts: dict[str, Any]
 
+    @property
+    def facts_line(self) -> str:
+        """'words: 120 · completion tokens: 160 · …' without the empty ones."""
+        return " · ".join(f"{k}: {v}" for k, v in self.facts.items() if v not in ("", None))
+
 
 def response_detail(doc: Doc) -> ResponseDetail:
     """The prompt, the answer, the exact messages the model saw, and its numbers."""

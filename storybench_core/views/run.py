@@ -133,12 +133,17 @@ def format_duration(seconds: float | None) -> str:
     """12 s, 3 min 05 s, 1 h 02 min; an em dash when unknown."""
     if seconds is None:
         return "—"
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s} s"
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def refresh_interval_s(active: bool) -> float:
+    """How often the Run page re-reads the store: fast while a run is queued or live."""
+    return 1.0 if active else 5.0
 
 
 def status_state(status: str) -> StatusState:
@@ -195,6 +200,10 @@ class ConsoleBuffer:
     def text(self) -> str:
         return "\n".join(self.lines) if self.lines else "(no console output yet)"
 
+    def height(self, max_lines: int = 14, line_px: int = 22) -> int | Literal["content"]:
+        """A short console takes its own height; a long one scrolls in a fixed box."""
+        return "content" if len(self.lines) <= max_lines else max_lines * line_px + 16
+
 
 # --- choosing and listing evaluations --------------------------------------------------
 
@@ -242,8 +251,10 @@ def evaluations_frame(docs: Iterable[Doc], now: datetime | None = None) -> pd.Da
 
 
 def evaluation_label(doc: Doc) -> str:
-    """'name · status · id' for pickers."""
-    return f"{doc.get('name') or doc['id']} · {doc.get('status')} · {doc['id']}"
+    """'name · created · id' for pickers (no status: a picker's labels should not change under it)."""
+    created = _aware(doc.get("created_at"))
+    when = f" · {created.astimezone().strftime('%Y-%m-%d %H:%M')}" if created else ""
+    return f"{doc.get('name') or doc['id']}{when} · {doc['id']}"
 
 
 def workers_seen(docs: Iterable[Doc], own_worker_id: str | None) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from storybench_core import jobs
+from storybench_core.store.base import Doc
 from storybench_core.views import configure as configure_view
 from storybench_core.views import run as run_view
 from ui import services, widgets
@@ -30,8 +31,10 @@ def queue_saved(name: str) -> str:
 with st.expander("Start a run from a saved configuration", icon=":material/playlist_add:"):
     saved = services.saved_configs()
     if not saved:
-        st.info("No saved configurations yet. Build one on **Configure** and save it, or queue it from there.")
-        st.page_link("pages/configure.py", label="Open Configure", icon=":material/tune:")
+        st.info(
+            "No saved configurations yet. Build one on **Configure** and save it, or queue it from there."
+        )
+        st.page_link("app_pages/configure.py", label="Open Configure", icon=":material/tune:")
     else:
         choice = st.selectbox("Saved configuration", saved, key=f"{PAGE}.saved")
         st.button(
@@ -92,16 +95,24 @@ def console_for(evaluation_id: str) -> run_view.ConsoleBuffer:
     return buffer
 
 
-@st.fragment(run_every=1.0)
+def watched() -> Doc | None:
+    return run_view.watched_evaluation(services.evaluations(), st.session_state.get(f"{PAGE}.selected"))
+
+
 def live() -> None:
-    """The watched evaluation, re-read from the store every second."""
-    doc = run_view.watched_evaluation(services.evaluations(), st.session_state.get(f"{PAGE}.selected"))
+    """The watched evaluation, re-read from the store on a timer."""
+    doc = watched()
     if doc is None:
         st.info("No evaluations yet. Configure one on **Configure** and queue it; it shows up here.")
         return
     view = run_view.run_view(doc)
+    if view.is_active != ACTIVE:
+        # Started or finished: redraw the whole page (history too) and switch the refresh interval.
+        st.rerun()
     st.subheader(view.name)
-    st.markdown(f"{widgets.status_badge(view.status)} evaluation `{view.evaluation_id}` · config `{view.config_hash}`")
+    st.markdown(
+        f"{widgets.status_badge(view.status)} evaluation `{view.evaluation_id}` · config `{view.config_hash}`"
+    )
     st.progress(view.fraction, text=view.progress_label)
     tasks, speed, elapsed, eta = st.columns(4)
     tasks.metric("Tasks done", f"{view.done + view.failed} / {view.total}")
@@ -117,15 +128,16 @@ def live() -> None:
         with st.container(height=220, border=True, autoscroll=True):
             st.text(view.partial_text)
     buffer = console_for(view.evaluation_id)
-    with st.status(
+    # Not used as a context manager: leaving `with st.status()` would flip it to "complete".
+    console = st.status(
         f"Console · {len(buffer.lines)} lines",
         state=run_view.status_state(view.status),
         expanded=view.is_active,
-    ):
-        st.code(buffer.text, language=None, wrap_lines=True, height=320)
+    )
+    console.code(buffer.text, language=None, wrap_lines=True, height=buffer.height())
 
 
-@st.fragment(run_every=3.0)
+@st.fragment(run_every=5.0)
 def history() -> None:
     """The queue and every past evaluation; choosing one shows it above."""
     docs = services.evaluations()
@@ -155,5 +167,7 @@ def history() -> None:
         st.rerun()
 
 
-live()
+# Poll every second while something is queued or running, every five seconds otherwise.
+ACTIVE = run_view.run_view(current).is_active if (current := watched()) else False
+st.fragment(run_every=run_view.refresh_interval_s(ACTIVE))(live)()
 history()

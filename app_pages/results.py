@@ -22,7 +22,7 @@ evaluations = services.evaluations()
 frame = results_view.responses_frame(services.responses())
 if frame.empty:
     st.info("No responses stored yet. Queue a run on **Configure** and watch it on **Run**.")
-    st.page_link("pages/configure.py", label="Open Configure", icon=":material/tune:")
+    st.page_link("app_pages/configure.py", label="Open Configure", icon=":material/tune:")
     st.stop()
 
 # --- filters, mirrored in the URL so a view can be shared -------------------------------
@@ -64,8 +64,12 @@ for name, values in (
     st.session_state[KEYS[name]] = [v for v in st.session_state.get(KEYS[name], []) if v in values]
 filters = results_view.ResponseFilters(
     evaluation_id=evaluation_id,
-    models=tuple(pick_model.multiselect("Model", options.models, key=KEYS["models"], placeholder="All models")),
-    sequences=tuple(pick_seq.multiselect("Sequence", options.sequences, key=KEYS["sequences"], placeholder="All")),
+    models=tuple(
+        pick_model.multiselect("Model", options.models, key=KEYS["models"], placeholder="All models")
+    ),
+    sequences=tuple(
+        pick_seq.multiselect("Sequence", options.sequences, key=KEYS["sequences"], placeholder="All")
+    ),
     prompts=tuple(pick_prompt.multiselect("Prompt", options.prompts, key=KEYS["prompts"], placeholder="All")),
     runs=tuple(pick_run.multiselect("Run", options.runs, key=KEYS["runs"], placeholder="All")),
 )
@@ -123,7 +127,7 @@ with responses_tab:
                 with st.chat_message(message["role"] if message["role"] in ("user", "assistant") else "ai"):
                     st.caption(message["role"])
                     st.text(message["content"])
-        st.json(detail.facts, expanded=False)
+        st.caption(detail.facts_line)
 
 with charts_tab:
     points = results_view.chart_frame(shown)

@@ -40,8 +40,16 @@ with widgets.guarded("listing the cached models"):
                 )
 
 
-def start_download(repo_id: str, filename: str, subdirectory: str, revision: str) -> None:
-    services.downloads().start(models_view.model_ref_from_form(repo_id, filename, subdirectory, revision))
+def start_download() -> None:
+    """The Download button: validate the form and hand the file to the background tracker."""
+    fields = [
+        st.session_state[f"{PAGE}.{name}"] for name in ("repo_id", "filename", "subdirectory", "revision")
+    ]
+    widgets.run_action(
+        PAGE,
+        "starting the download",
+        lambda: services.downloads().start(models_view.model_ref_from_form(*fields)),
+    )
 
 
 st.subheader("Download from the Hugging Face Hub")
@@ -59,23 +67,11 @@ if files:
     st.caption("GGUF files in the repository: " + ", ".join(f"`{f}`" for f in files))
 
 with st.form(f"{PAGE}.download_form", border=True):
-    filename = st.text_input("File name", key=f"{PAGE}.filename", placeholder="model-Q4_K_M.gguf")
+    st.text_input("File name", key=f"{PAGE}.filename", placeholder="model-Q4_K_M.gguf")
     sub_col, rev_col = st.columns(2)
-    subdirectory = sub_col.text_input("Subdirectory (optional)", key=f"{PAGE}.subdirectory")
-    revision = rev_col.text_input("Revision (optional)", key=f"{PAGE}.revision", placeholder="main")
-    st.form_submit_button(
-        "Download",
-        icon=":material/download:",
-        on_click=lambda: widgets.run_action(
-            PAGE,
-            "starting the download",
-            start_download,
-            st.session_state[f"{PAGE}.repo_id"],
-            st.session_state[f"{PAGE}.filename"],
-            st.session_state[f"{PAGE}.subdirectory"],
-            st.session_state[f"{PAGE}.revision"],
-        ),
-    )
+    sub_col.text_input("Subdirectory (optional)", key=f"{PAGE}.subdirectory")
+    rev_col.text_input("Revision (optional)", key=f"{PAGE}.revision", placeholder="main")
+    st.form_submit_button("Download", icon=":material/download:", on_click=start_download)
 
 
 @st.fragment(run_every=1.0)
@@ -85,6 +81,12 @@ def downloads() -> None:
     if not states:
         return
     st.subheader("Downloads")
+    finished = {s.label for s in states if s.status == "done"}
+    if finished - st.session_state.get(f"{PAGE}.finished", set()):
+        # A new file is in the cache: redraw the whole page so the table above lists it.
+        st.session_state[f"{PAGE}.finished"] = finished
+        services.refresh_after_write()
+        st.rerun()
     for state in states:
         st.progress(state.fraction, text=state.progress_label)
         if state.error:

@@ -1,0 +1,490 @@
+"""The dashboard's view models (storybench_core.views), tested without streamlit."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from storybench_core import jobs, paths
+from storybench_core.config import ConfigError, config_hash, load_config, parse_config
+from storybench_core.errors import DownloadError
+from storybench_core.hardware import GpuInfo, HardwareSnapshot
+from storybench_core.hub import ModelRef
+from storybench_core.store.sqlite import SQLiteStore
+from storybench_core.views import configure, hardware, models, results, run
+
+T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SQLiteStore(tmp_path / "views.db")
+    yield s
+    s.close()
+
+
+def fake_config(**generation):
+    return parse_config(
+        {
+            "name": "views",
+            "models": [
+                {"kind": "fake", "name": "short", "options": {"words": 10}},
+                {"kind": "fake", "name": "long", "options": {"words": 40}},
+            ],
+            "sequences": ["film"],
+            "generation": {"runs": 1, "max_tokens": 64} | generation,
+        }
+    )
+
+
+# --- run ----------------------------------------------------------------------------------
+
+
+def evaluation(**fields):
+    doc = {
+        "id": "e1",
+        "name": "night run",
+        "status": "running",
+        "config_hash": "abc",
+        "total_tasks": 10,
+        "completed_tasks": 3,
+        "failed_tasks": 1,
+        "started_at": T0,
+        "finished_at": None,
+        "progress": {
+            "model_name": "short",
+            "sequence": "film",
+            "run": 2,
+            "prompt_index": 1,
+            "prompt_name": "scene",
+            "tokens_per_s": 12.5,
+            "partial_text": "Once",
+        },
+    }
+    return doc | fields
+
+
+def test_run_view_progress_elapsed_and_eta():
+    view = run.run_view(evaluation(), now=T0 + timedelta(seconds=40))
+    assert view.fraction == pytest.approx(0.4) and view.percent == 40
+    assert view.progress_label == "4 / 10 tasks (40%, 1 failed)"
+    assert view.elapsed_s == 40 and view.eta_s == pytest.approx(60)  # 10 s per task, 6 to go
+    assert view.current_label == "short · film · run 2 · prompt 2 (scene)"
+    assert view.tokens_per_s == 12.5 and view.partial_text == "Once" and view.is_live
+
+
+def test_run_view_of_finished_and_queued_evaluations():
+    done = run.run_view(
+        evaluation(
+            status="completed", completed_tasks=10, failed_tasks=0, finished_at=T0 + timedelta(seconds=90)
+        ),
+        now=T0 + timedelta(hours=5),
+    )
+    assert done.elapsed_s == 90 and done.eta_s is None and done.fraction == 1.0 and not done.is_live
+    queued = run.run_view({"id": "q", "status": "queued", "total_tasks": 3, "progress": {}})
+    assert (
+        queued.elapsed_s is None and queued.eta_s is None and queued.current_label == "" and queued.is_active
+    )
+    assert run.run_view({"id": "z", "status": "queued"}).fraction == 0.0  # no division by zero
+
+
+def test_estimate_and_format_duration():
+    assert run.estimate_remaining_s(None, 1, 4) is None
+    assert run.estimate_remaining_s(30.0, 0, 4) is None
+    assert run.estimate_remaining_s(30.0, 3, 4) == pytest.approx(10)
+    assert [run.format_duration(s) for s in (None, 4.4, 65, 3725)] == ["—", "4 s", "1 min 05 s", "1 h 02 min"]
+
+
+def test_status_states_and_actions():
+    assert run.status_state("running") == "running" and run.status_state("failed") == "error"
+    assert run.status_state("completed") == "complete"
+    assert run.allowed_actions("running") == {"stop", "reset"}
+    assert run.allowed_actions("stopped") == {"resume"} and run.allowed_actions("completed") == set()
+
+
+def test_watched_evaluation_prefers_selection_then_running_then_oldest_queued():
+    docs = [  # newest first
+        {"id": "q2", "status": "queued"},
+        {"id": "q1", "status": "queued"},
+        {"id": "r", "status": "running"},
+        {"id": "old", "status": "completed"},
+    ]
+    assert run.watched_evaluation(docs, "old")["id"] == "old"
+    assert run.watched_evaluation(docs, "missing")["id"] == "r"
+    assert run.watched_evaluation(docs[:2])["id"] == "q1"
+    assert run.watched_evaluation(docs[3:])["id"] == "old"
+    assert run.watched_evaluation([]) is None
+
+
+def test_console_buffer_reads_incrementally(store):
+    eid = jobs.enqueue(store, fake_config())
+    buffer = run.ConsoleBuffer(eid)
+    assert len(buffer.refresh(store)) == 1 and "queued 'views'" in buffer.text
+    store.append_event(eid, "warning", "something odd")
+    lines = buffer.refresh(store)
+    assert len(lines) == 2 and lines[-1].endswith("WARNING something odd")
+    assert buffer.refresh(store) == lines and buffer.last_seq == 2
+    assert buffer.height() == "content" and run.ConsoleBuffer("x", ["line"] * 40).height() == 14 * 22 + 16
+
+
+def test_evaluations_frame_and_other_workers(store):
+    eid = jobs.enqueue(store, fake_config())
+    jobs.Worker(store).run_once()
+    frame = run.evaluations_frame(store.list_evaluations())
+    row = frame.iloc[0].to_dict()
+    assert row["id"] == eid and row["status"] == "completed" and row["tasks"] == "6/6"
+    assert row["models"] == 2 and row["sequences"] == "film"
+    docs = [
+        {"id": "a", "status": "running", "worker_id": "me"},
+        {"id": "b", "status": "running", "worker_id": "cli"},
+    ]
+    assert run.workers_seen(docs, "me") == ["cli"]
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def response_docs(store):
+    eid = jobs.enqueue(store, fake_config())
+    jobs.Worker(store).run_once()
+    docs = store.list_responses(eid, include_messages=False)
+    api = dict(docs[0], id="api1", model_name="api", model_ref={"kind": "api"}, error="429 after retries")
+    return [*docs, api]
+
+
+def test_responses_frame_and_filters(response_docs):
+    frame = results.responses_frame(response_docs)
+    assert len(frame) == 7
+    assert set(frame["source"]) == {"fake", "API"}
+    assert frame["prompt"].min() == 1  # 1-based for people
+    long_rows = frame[frame["model"] == "long"]
+    assert (long_rows["words"] > frame[frame["model"] == "short"]["words"].max()).all()
+    options = results.filter_options(frame)
+    assert options.models == ["api", "long", "short"] and options.prompts == [1, 2, 3] and options.runs == [1]
+    only = results.apply_filters(frame, results.ResponseFilters(models=("long",), prompts=(2, 3)))
+    assert list(only["model"]) == ["long", "long"] and list(only["prompt"]) == [2, 3]
+    assert len(results.apply_filters(frame, results.ResponseFilters(evaluation_id="nope"))) == 0
+
+
+def test_filters_round_trip_through_query_params(response_docs):
+    filters = results.ResponseFilters(evaluation_id="e1", models=("a", "b"), prompts=(2,), runs=(1, 3))
+    query = results.filters_to_query(filters)
+    assert query == {"evaluation": ["e1"], "model": ["a", "b"], "prompt": ["2"], "run": ["1", "3"]}
+    assert results.filters_from_query(query) == filters
+    assert results.filters_from_query({"prompt": ["x", "2"]}).prompts == (2,)
+    options = results.filter_options(results.responses_frame(response_docs))
+    clean = results.sanitize_filters(filters, options)
+    assert clean == results.ResponseFilters(prompts=(2,), runs=(1,))
+
+
+def test_model_summary_and_chart_frame_leave_failures_out(response_docs):
+    frame = results.responses_frame(response_docs)
+    summary = results.model_summary(frame).set_index("model")
+    assert summary.loc["api", "responses"] == 0 and summary.loc["api", "failed"] == 1
+    assert summary.loc["short", "responses"] == 3 and summary.loc["short", "tokens_per_s"] > 0
+    assert "api" not in set(results.chart_frame(frame)["model"])
+    csv = results.csv_bytes(frame).decode()
+    assert csv.splitlines()[0].startswith("id,evaluation_id,model") and "preview" not in csv.splitlines()[0]
+
+
+def test_response_detail_has_prompt_answer_and_conversation(store):
+    eid = jobs.enqueue(store, fake_config())
+    jobs.Worker(store).run_once()
+    doc = store.list_responses(eid, model_name="short", prompt_index=1)[0]
+    detail = results.response_detail(doc)
+    assert detail.title == "short · film · run 1 · prompt 2 (scene)"
+    assert detail.response_text == doc["response"] and detail.prompt_text == doc["prompt_text"]
+    roles = [m["role"] for m in detail.conversation]
+    assert roles == ["system", "user", "assistant", "user"]  # the earlier turn is in the context
+    assert detail.facts["words"] == results.word_count(doc["response"])
+
+
+# --- hardware ---------------------------------------------------------------------------------
+
+
+def test_hardware_view_without_and_with_gpu():
+    gib = 1024**3
+    cpu_only = HardwareSnapshot(
+        cpu_count_logical=2,
+        cpu_load_percent=37.4,
+        ram_total_bytes=8 * gib,
+        ram_available_bytes=6 * gib,
+        disk_free_bytes=100 * gib,
+        nvml_error="no NVIDIA GPU found",
+    )
+    view = hardware.hardware_view(cpu_only)
+    assert view.no_gpu_message == "No GPU: models run on CPU." and view.gpus == []
+    assert (
+        view.cpu_cores == "2 logical" and view.cpu_load == "37%" and view.cpu_fraction == pytest.approx(0.374)
+    )
+    assert view.ram_label == "2.0 GiB / 8.0 GiB used" and view.ram_fraction == 0.25
+    assert view.disk_free == "100.0 GiB"
+    gpu = GpuInfo(0, "NVIDIA H100", 80 * gib, 60 * gib, 20 * gib, "550.54", 12.0)
+    view = hardware.hardware_view(HardwareSnapshot(gpus=[gpu], cpu_count_logical=16, cpu_count_physical=8))
+    assert view.no_gpu_message is None
+    assert view.gpus[0].title == "GPU 0: NVIDIA H100" and view.gpus[0].vram_fraction == 0.25
+    assert view.gpus[0].vram_label == "20.0 GiB / 80.0 GiB used" and view.gpus[0].driver == "550.54"
+    assert view.cpu_cores == "8 physical / 16 logical" and view.cpu_load == "—" and view.ram_label == "—"
+    assert hardware.format_bytes(None) == "—" and hardware.format_bytes(5 * 1024**2) == "5 MiB"
+
+
+# --- configure --------------------------------------------------------------------------------
+
+
+def test_default_form_round_trips_to_the_same_config():
+    data = configure.default_config_dict()
+    values, model_list, base = configure.form_values(data)
+    assert model_list == [{"kind": "bundled"}] and values["judge_model"] == configure.JUDGE_NONE
+    check = configure.check_form(values, model_list, base)
+    assert check.ok and check.config_hash == config_hash(parse_config(data))
+
+
+def test_form_keeps_fields_it_does_not_show():
+    data = fake_config(parallel_runs=2).model_dump(mode="json")
+    values, model_list, base = configure.form_values(data)
+    values["temperature"] = 0.3
+    check = configure.check_form(values, model_list, base)
+    assert check.ok
+    assert check.config.generation.parallel_runs == 2 and check.config.generation.temperature == 0.3
+    assert check.config.models[1].options["words"] == 40
+
+
+def test_field_errors_land_on_their_fields():
+    values, model_list, base = configure.form_values(configure.default_config_dict())
+    check = configure.check_form(values | {"temperature": 3.5, "runs": 0, "sequences": []}, model_list, base)
+    assert not check.ok
+    assert check.for_field("generation.temperature") == [
+        "3.5 is invalid: Input should be less than or equal to 2 (allowed: le 2.0)"
+    ]
+    assert check.for_field("generation.runs")[0].startswith("0 is invalid")
+    assert check.for_field("sequences")
+    budget = configure.check_form(values | {"max_tokens": 600, "n_ctx": 512}, model_list, base)
+    assert budget.for_field("generation") == [
+        "max_tokens (600) must be smaller than n_ctx (512): the prompt needs room too"
+    ]
+    unknown = configure.check_form(values | {"sequences": ["nope"]}, model_list, base)
+    assert "unknown sequence(s) nope" in unknown.for_field("sequences")[0]
+    auto = configure.check_form(values | {"auto_evaluate": True}, model_list, base)
+    assert auto.for_field("auto_evaluate") == ["auto_evaluate needs judge.model to be set"]
+    assert configure.field_errors("something else entirely") == {
+        configure.GENERAL: ["something else entirely"]
+    }
+
+
+def test_judge_choices_map_to_model_specs(monkeypatch):
+    values, model_list, base = configure.form_values(configure.default_config_dict())
+    api = configure.check_form(
+        values | {"judge_model": configure.JUDGE_API, "judge_preset": "openrouter"}, model_list, base
+    )
+    assert api.for_field("judge.model") == ["a model of kind 'api' needs api_model"]
+    values |= {
+        "judge_model": configure.JUDGE_API,
+        "judge_preset": "openrouter",
+        "judge_api_model": "x/y",
+        "judge_enabled": True,
+    }
+    check = configure.check_form(values, model_list, base)
+    judge = check.config.judge.model
+    assert (
+        judge.kind == "api"
+        and judge.base_url == "https://openrouter.ai/api/v1"
+        and judge.api_key_env == "OPENROUTER_API_KEY"
+    )
+    again, _, base2 = configure.form_values(check.data)  # and back into the form
+    assert again["judge_model"] == configure.JUDGE_API and again["judge_api_model"] == "x/y"
+    listed = configure.judge_choices(model_list, base2)
+    assert listed[:3] == [configure.JUDGE_NONE, configure.JUDGE_BUNDLED, configure.JUDGE_API]
+    assert listed[3] == "listed: gemma-3-270m-q4_k_m (bundled)"
+    same = configure.check_form(values | {"judge_model": listed[3]}, model_list, base)
+    assert same.config.judge.model.kind == "bundled"
+    path_judge = {"kind": "path", "path": "/models/judge.gguf"}
+    loaded_values, loaded_models, loaded_base = configure.form_values(
+        check.data | {"judge": {"model": path_judge}}
+    )
+    assert loaded_values["judge_model"] == "as loaded: judge.gguf"
+    assert (
+        configure.check_form(loaded_values, loaded_models, loaded_base).config.judge.model.path
+        == "/models/judge.gguf"
+    )
+
+
+def test_model_forms_validate_and_names_stay_unique(monkeypatch):
+    hf = configure.model_from_form(
+        "hf", {"repo_id": " owner/repo ", "filename": "m.gguf", "subdirectory": "", "name": ""}
+    )
+    assert hf == {"kind": "hf", "repo_id": "owner/repo", "filename": "m.gguf"}
+    with pytest.raises(ConfigError, match="must be a .gguf file"):
+        configure.model_from_form("hf", {"repo_id": "owner/repo", "filename": "m.bin"})
+    with pytest.raises(ConfigError, match="needs repo_id"):
+        configure.model_from_form("hf", {"filename": "m.gguf"})
+    with pytest.raises(ConfigError, match="must point to a .gguf file"):
+        configure.model_from_form("path", {"path": "/tmp/model.bin"})
+    api = configure.model_from_form(
+        "api", {"preset": "deepinfra", "api_model": "meta/llama", "api_key_env": ""}
+    )
+    assert (
+        api["base_url"] == "https://api.deepinfra.com/v1/openai" and api["api_key_env"] == "DEEPINFRA_API_KEY"
+    )
+    with pytest.raises(ConfigError, match="NAME of an environment variable"):
+        configure.model_from_form("api", {"preset": "openai", "api_model": "m", "api_key_env": "sk-abc123"})
+    listed = configure.add_model([{"kind": "bundled"}], hf)
+    with pytest.raises(ConfigError, match="already in the list"):
+        configure.add_model(listed, {"kind": "bundled"})
+    assert len(configure.add_model(listed, {"kind": "bundled", "name": "second"})) == 3
+
+
+def test_models_frame_masks_keys(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-99")
+    monkeypatch.delenv("DEEPINFRA_API_KEY", raising=False)
+    gguf = tmp_path / "here.gguf"
+    gguf.write_bytes(b"GGUF")
+    frame = configure.models_frame(
+        [
+            {
+                "kind": "api",
+                "preset": "openai",
+                "base_url": "https://api.openai.com/v1",
+                "api_model": "m",
+                "api_key_env": "OPENAI_API_KEY",
+            },
+            {
+                "kind": "api",
+                "name": "di",
+                "base_url": "https://x/v1",
+                "api_model": "n",
+                "api_key_env": "DEEPINFRA_API_KEY",
+            },
+            {"kind": "path", "path": str(gguf)},
+            {"kind": "path", "path": "/nowhere/x.gguf"},
+        ]
+    )
+    assert list(frame["api key"][:2]) == ["OPENAI_API_KEY: set (sk-…99)", "DEEPINFRA_API_KEY: not set"]
+    assert "sk-secret-value-99" not in frame.to_string()
+    assert list(frame["source"][2:]) == [str(gguf), "/nowhere/x.gguf (not found on this machine)"]
+    assert configure.api_key_status(None) == "no key needed"
+
+
+def test_named_configs_and_uploads():
+    config = fake_config()
+    path = configure.save_named_config(config, "My Run #2")
+    assert path == paths.configs_dir() / "my-run-2.json" and load_config(path) == config
+    assert configure.saved_config_names() == ["my-run-2"]
+    assert configure.load_named_config("my-run-2") == config
+    assert configure.safe_slug("###") is None
+    with pytest.raises(ConfigError, match="config file not found"):
+        configure.load_named_config("missing")
+    text = configure.config_json(config)
+    assert configure.parse_uploaded_config(text.encode(), "x.json") == config
+    with pytest.raises(ConfigError, match="x.json: not valid JSON at line 1"):
+        configure.parse_uploaded_config(b"{", "x.json")
+    with pytest.raises(ConfigError, match="not a UTF-8"):
+        configure.parse_uploaded_config(b"\xff\xfe", "x.json")
+    yaml_text = "models: [{kind: bundled}]\nsequences: [film]\n"
+    assert configure.parse_uploaded_config(yaml_text.encode(), "c.yaml").sequences == ("film",)
+    with pytest.raises(ConfigError, match="generation.top_p"):
+        configure.parse_uploaded_config(
+            json.dumps({"models": [{}], "sequences": ["film"], "generation": {"top_p": 0}}).encode()
+        )
+
+
+def test_sequence_preview_lists_every_prompt():
+    from storybench_core import catalog
+
+    film = catalog.get_sequence("film")
+    text = configure.sequence_preview_markdown(film)
+    assert all(p.text in text for p in film.prompts) and text.count("\n1. ") + text.startswith("1. ") == 1
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def test_model_ref_from_form():
+    ref = models.model_ref_from_form(" owner/repo ", "sub/m.gguf", "", "")
+    assert ref == ModelRef("owner/repo", "m.gguf", "sub", None)
+    with pytest.raises(ConfigError, match="owner/name"):
+        models.model_ref_from_form("justaname", "m.gguf")
+    with pytest.raises(ConfigError, match=".gguf"):
+        models.model_ref_from_form("o/r", "m.safetensors")
+
+
+def test_cached_models_frame_describes_each_file(tmp_path):
+    from fixtures_gguf import write_tiny_gguf
+
+    from storybench_core.hub import cached_models
+
+    target = paths.models_dir() / "hub" / "owner--repo" / "tiny.gguf"
+    target.parent.mkdir(parents=True)
+    write_tiny_gguf(target)
+    (paths.models_dir() / "broken.gguf").write_bytes(b"not a gguf")
+    frame = models.cached_models_frame(cached_models()).set_index("name")
+    assert len(frame) == 2
+    tiny = frame.loc[next(n for n in frame.index if "tiny" in n)]
+    assert (
+        tiny["source"] == "hub: owner/repo" and tiny["architecture"] == "llama" and tiny["context"] == "2,048"
+    )
+    assert models.format_count(7_000_000_000) == "7.0 B" and models.format_count(None) == "—"
+
+
+def test_download_tracker_reports_progress_success_and_failure(tmp_path):
+    release = threading.Event()
+    out = tmp_path / "m.gguf"
+
+    def resolve(ref: ModelRef, progress) -> Path:
+        progress(50, 200)
+        release.wait(10)
+        if ref.filename == "bad.gguf":
+            raise DownloadError("repository owner/repo has no file bad.gguf")
+        if ref.filename == "bug.gguf":
+            raise RuntimeError("boom")
+        progress(200, 200)
+        out.write_bytes(b"x" * 200)
+        return out
+
+    tracker = models.DownloadTracker(resolve)
+    first = tracker.start(ModelRef("owner/repo", "good.gguf"))
+    assert tracker.start(ModelRef("owner/repo", "good.gguf")) is not None
+    assert _wait(lambda: tracker.snapshot()[0].done_bytes == 50)
+    state = tracker.snapshot()[0]
+    assert state.fraction == 0.25 and state.progress_label.endswith("/ 200 MiB") is False and tracker.busy
+    tracker.start(ModelRef("owner/repo", "bad.gguf"))
+    tracker.start(ModelRef("owner/repo", "bug.gguf"))
+    release.set()
+    tracker.wait()
+    states = {s.label: s for s in tracker.snapshot()}
+    assert first.label in states and len(states) == 3
+    assert states["owner/repo/good.gguf"].status == "done" and states["owner/repo/good.gguf"].fraction == 1.0
+    assert states["owner/repo/bad.gguf"].error == "repository owner/repo has no file bad.gguf"
+    assert (
+        "unexpected RuntimeError" in states["owner/repo/bug.gguf"].error
+        and "boom" not in states["owner/repo/bug.gguf"].error
+    )
+    assert not tracker.busy
+    tracker.clear_finished()
+    assert tracker.snapshot() == []
+
+
+def _wait(predicate, timeout=10.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_evaluation_label_and_facts_line():
+    label = run.evaluation_label({"id": "abc", "name": "night", "status": "running", "created_at": T0})
+    assert label.startswith("night · ") and label.endswith(" · abc") and "running" not in label
+    detail = results.ResponseDetail("t", "p", "r", "", [], {"words": 3, "seed": None, "chat template": ""})
+    assert detail.facts_line == "words: 3"
+
+
+def test_refresh_interval_is_fast_only_while_active():
+    assert run.refresh_interval_s(True) == 1.0 and run.refresh_interval_s(False) == 5.0
