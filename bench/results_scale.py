@@ -26,20 +26,89 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storybench_core import catalog, results  # noqa: E402
-from storybench_core.runner import task_key  # noqa: E402
-from storybench_core.store.sqlite import SQLiteStore  # noqa: E402
+from storybench_core import catalog, results
+from storybench_core.runner import task_key
+from storybench_core.store.sqlite import SQLiteStore
 
 MODELS = [f"model-{i}" for i in range(8)]
-VOCAB = (
-    "the a lantern river city archive signal winter glass engine whisper orchard border ferry memory "
-    "storm clockwork harbour silence mirror desert courier relay ember she he walked said quietly "
-    "under over door light dark morning letter road station dust salt wire"
-).split()
+VOCAB = [
+    "the",
+    "a",
+    "lantern",
+    "river",
+    "city",
+    "archive",
+    "signal",
+    "winter",
+    "glass",
+    "engine",
+    "whisper",
+    "orchard",
+    "border",
+    "ferry",
+    "memory",
+    "storm",
+    "clockwork",
+    "harbour",
+    "silence",
+    "mirror",
+    "desert",
+    "courier",
+    "relay",
+    "ember",
+    "she",
+    "he",
+    "walked",
+    "said",
+    "quietly",
+    "under",
+    "over",
+    "door",
+    "light",
+    "dark",
+    "morning",
+    "letter",
+    "road",
+    "station",
+    "dust",
+    "salt",
+    "wire",
+]
 BATCH = 1000
 
 
-def synthetic_docs(eid: str, n: int, words: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+class ProjectedSQLiteStore(SQLiteStore):
+    """SQLiteStore plus the two flat projections results.py looks for (a prototype for the store owner).
+
+    Both read columns straight from SQLite (json_extract for nested values)
+    instead of decoding every document into a dict.
+    """
+
+    def list_response_stats(self, evaluation_id: str | None) -> list[tuple[Any, ...]]:
+        cols = ", ".join(c for c in results.RESPONSE_STAT_FIELDS if c not in ("words",))
+        cols = cols.replace("error", "COALESCE(json_extract(extra, '$.words'), sb_words(response)), error")
+        sql = f"SELECT {cols} FROM responses" + (" WHERE evaluation_id = ?" if evaluation_id else "")
+        sql += " ORDER BY evaluation_id, model_name, sequence, run, prompt_index"
+        with self._tx(write=False) as conn:
+            conn.create_function("sb_words", 1, lambda t: len(t.split()) if t else 0, deterministic=True)
+            return conn.execute(sql, (evaluation_id,) if evaluation_id else ()).fetchall()
+
+    def list_judgement_scores(self, evaluation_id: str | None, criteria: list[str]) -> list[tuple[Any, ...]]:
+        paths = [f'$."{c}".score' for c in criteria]
+        score_sql = "".join(", json_extract(scores, ?)" for _ in criteria)
+        sql = (
+            "SELECT response_id, judge_model, attempt, rubric_hash, overall, error, "
+            "json_extract(extra, '$.retries'), json_extract(extra, '$.structured_output')"
+            f"{score_sql} FROM judgements" + (" WHERE evaluation_id = ?" if evaluation_id else "")
+        )
+        params = (*paths, evaluation_id) if evaluation_id else tuple(paths)
+        with self._tx(write=False) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+def synthetic_docs(
+    eid: str, n: int, words: int, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """n responses spread over models × sequences × runs × 3 prompts, each with one judgement."""
     rng = random.Random(seed)
     rubric = catalog.load_rubric()
@@ -74,6 +143,7 @@ def synthetic_docs(eid: str, n: int, words: int, seed: int = 0) -> tuple[list[di
                             "prompt_text": "Write the next scene.",
                             "messages": [],
                             "response": text,
+                            "words": length,
                             "finish_reason": "stop",
                             "prompt_tokens": 200,
                             "completion_tokens": tokens,
@@ -103,7 +173,9 @@ def synthetic_docs(eid: str, n: int, words: int, seed: int = 0) -> tuple[list[di
                             "rubric_hash": rubric.rubric_hash,
                             "attempt": 1,
                             "scores": scores,
-                            "overall": None if failed else sum(v["score"] for v in scores.values()) / len(scores),
+                            "overall": None
+                            if failed
+                            else sum(v["score"] for v in scores.values()) / len(scores),
                             "raw_output": "{...}" if failed else str(scores),
                             "created_at": now,
                             "error": "no valid judgement after 3 tries" if failed else None,
@@ -145,19 +217,28 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def measure(store: SQLiteStore, eid: str, repeats: int) -> dict[str, float]:
     """Best-of-`repeats` seconds for each step the Results page runs."""
     best: dict[str, float] = {}
+    steps = {
+        "leaderboard": results.leaderboard,
+        "per_criterion": results.per_criterion,
+        "per_sequence": results.per_sequence,
+        "score_distribution": results.score_distribution,
+        "length_vs_score": results.length_vs_score,
+    }
     for _ in range(repeats):
         times: dict[str, float] = {}
-        _, times["list_responses"] = timed(lambda: store.list_responses(eid, include_messages=False))
-        _, times["list_judgements"] = timed(lambda: store.list_judgements(eid))
         df, times["responses_frame"] = timed(lambda: results.responses_frame(store, eid))
-        _, times["leaderboard"] = timed(lambda: results.leaderboard(df))
-        _, times["per_criterion"] = timed(lambda: results.per_criterion(df))
-        _, times["per_sequence"] = timed(lambda: results.per_sequence(df))
-        _, times["score_distribution"] = timed(lambda: results.score_distribution(df))
-        _, times["length_vs_score"] = timed(lambda: results.length_vs_score(df))
+        for name, step in steps.items():
+            _, times[name] = timed(lambda step=step, df=df: step(df))
         times["total (frame + leaderboard + charts)"] = sum(
             times[k]
-            for k in ("responses_frame", "leaderboard", "per_criterion", "per_sequence", "score_distribution", "length_vs_score")
+            for k in (
+                "responses_frame",
+                "leaderboard",
+                "per_criterion",
+                "per_sequence",
+                "score_distribution",
+                "length_vs_score",
+            )
         )
         for key, value in times.items():
             best[key] = min(best.get(key, value), value)
@@ -165,32 +246,54 @@ def measure(store: SQLiteStore, eid: str, repeats: int) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--words", type=int, default=200, help="mean words per synthetic response")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("STORYBENCH_HOME", tempfile.mkdtemp(prefix="storybench-bench-home-"))
-    rows: dict[int, dict[str, float]] = {}
+    rows: dict[tuple[int, str], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="storybench-bench-") as tmp:
         for n in args.sizes:
-            store = SQLiteStore(Path(tmp) / f"scale-{n}.db")
+            path = Path(tmp) / f"scale-{n}.db"
             eid = f"scale{n}"
+            store = SQLiteStore(path)
             seconds = fill(store, eid, n, args.words)
-            size_mb = (Path(tmp) / f"scale-{n}.db").stat().st_size / 1e6
-            print(f"{n:>7} responses + judgements inserted in {seconds:.1f} s ({size_mb:.0f} MB file)", flush=True)
-            rows[n] = measure(store, eid, args.repeats)
-            for key, value in rows[n].items():
-                print(f"    {key:<40} {value:7.3f} s", flush=True)
-            store.close()
+            size_mb = path.stat().st_size / 1e6
+            print(
+                f"{n:>7} responses + judgements inserted in {seconds:.1f} s ({size_mb:.0f} MB file)",
+                flush=True,
+            )
+            _, t_resp = timed(lambda s=store, e=eid: s.list_responses(e, include_messages=False))
+            _, t_judg = timed(lambda s=store, e=eid: s.list_judgements(e))
+            print(f"    protocol reads: list_responses {t_resp:.3f} s, list_judgements {t_judg:.3f} s")
+            for label, which in (
+                ("Store protocol only", store),
+                ("with flat projections", ProjectedSQLiteStore(path)),
+            ):
+                key = (n, label)
+                rows[key] = measure(which, eid, args.repeats)
+                print(f"  {label}:")
+                for step, value in rows[key].items():
+                    print(f"    {step:<40} {value:7.3f} s", flush=True)
+                which.close()
+    total_key = "total (frame + leaderboard + charts)"
+    big = args.sizes[-1]
     if len(args.sizes) >= 2:
-        small, big = args.sizes[0], args.sizes[-1]
-        print(f"\ngrowth {big}/{small} (×{big / small:.0f} data):")
-        for key in rows[big]:
-            ratio = rows[big][key] / rows[small][key] if rows[small][key] else float("nan")
-            print(f"    {key:<40} ×{ratio:.1f}")
-        total = rows[big]["total (frame + leaderboard + charts)"]
-        print(f"\n{big} responses: {total:.2f} s for frame + leaderboard + chart frames (target < 2 s)")
+        small = args.sizes[0]
+        for label in ("Store protocol only", "with flat projections"):
+            print(f"\ngrowth {big}/{small} (×{big / small:.0f} data), {label}:")
+            for step in rows[(big, label)]:
+                a, b = rows[(small, label)][step], rows[(big, label)][step]
+                print(f"    {step:<40} ×{b / a if a else float('nan'):.1f}")
+    print()
+    for label in ("Store protocol only", "with flat projections"):
+        total = rows[(big, label)][total_key]
+        print(
+            f"{big} responses, {label}: {total:.2f} s for frame + leaderboard + chart frames (target < 2 s)"
+        )
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from uuid import uuid4
 
 from .config import RunConfig, config_hash, config_to_dict, parse_config
-from .errors import JobError, StorybenchError
+from .errors import JobError, StopRequested, StorybenchError
 from .runner import ModelPool, RunHooks, Runner, RunSummary, now_utc, plan_tasks
 from .store.base import Doc, Store
 
@@ -251,7 +251,12 @@ class Worker:
             hooks = self._hooks(eid, extra_hooks)
             hooks.on_response = self._auto_judge(config, eid, hooks)
             self.store.append_event(eid, "info", f"worker {self.worker_id} started")
-            summary = Runner(self.store, self.pool, hooks).execute(doc, config)
+            try:
+                summary = Runner(self.store, self.pool, hooks).execute(doc, config)
+            finally:
+                # Responses queued for a different local judge are judged now (or left for
+                # `storybench judge` when the run was stopped).
+                self._flush_judge(hooks.on_response)
             self._finish(eid, summary)
             return summary
         except StorybenchError as exc:
@@ -308,6 +313,18 @@ class Worker:
             hooks.event("warning", "auto_evaluate is on but the judge module is not available")
             return None
         return auto_judge_hook(self.store, config, eid, self.pool, hooks.event)
+
+    def _flush_judge(self, hook: Any) -> None:
+        if hook is None:
+            return
+        try:
+            if hasattr(hook, "flush") and not self._halt.is_set():
+                hook.flush()
+        except StopRequested:
+            pass
+        finally:
+            if hasattr(hook, "close"):
+                hook.close()
 
     def _heartbeat(self, eid: str, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_s):

@@ -91,9 +91,10 @@ def _clip_middle(text: str, limit: int) -> str:
         return text
     if limit < 40:
         return text[: max(limit, 0)]
-    head = (limit - 7) * 2 // 3
-    tail = limit - 7 - head
-    return text[:head] + " […] " + text[-tail:]
+    marker = " […] "
+    head = (limit - len(marker)) * 2 // 3
+    tail = limit - len(marker) - head
+    return text[:head] + marker + text[-tail:]
 
 
 def fair_clip(texts: Sequence[str], budget_chars: int) -> list[str]:
@@ -137,8 +138,6 @@ def judge_messages(rubric: Rubric, response_doc: Doc, history_chars: int = HISTO
     if response_doc.get("dropped_turns"):
         history += f"\n(The {response_doc['dropped_turns']} oldest turn(s) did not fit the writer's context.)"
     ids = list(rubric.criterion_ids)
-    slot = f'{{"score": <{rubric.scale_min}-{rubric.scale_max}>, "justification": "<one or two sentences>"}}'
-    shape = "{" + ", ".join(f'"{cid}": {slot}' for cid in ids[:2]) + ", ...}"
     user = "\n".join(
         [
             "Grade the RESPONSE at the end against the rubric.",
@@ -161,7 +160,6 @@ def judge_messages(rubric: Rubric, response_doc: Doc, history_chars: int = HISTO
             f'{rubric.scale_min} to {rubric.scale_max} chosen by the anchors, and "justification", one or two '
             "short sentences that point at the text. Score each criterion on its own; a response that is "
             "empty, cut off or ignores the brief scores low. Do not add an overall score.",
-            f"Shape (all {len(ids)} keys are required): {shape}",
         ]
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
@@ -463,6 +461,11 @@ def judge_evaluation(
     rubric = catalog.load_rubric()
     responses = [r for r in store.list_responses(evaluation_id) if not r.get("error")]
     summary = JudgeSummary()
+    if cfg.attempts > 1 and cfg.temperature == 0:
+        emit(
+            "warning",
+            f"{cfg.attempts} attempts at judge.temperature 0 will mostly repeat one judgement; raise it",
+        )
     try:
         for spec in specs:
             name = spec.display_name

@@ -8,15 +8,18 @@ judgements (over attempts, and over judges unless one judge is chosen), so
 every response weighs the same; the leaderboard's 95% confidence interval is
 a bootstrap over those per-response scores.
 
-Reads go through one projection query per collection
-(`list_responses(include_messages=False)`, `list_judgements`) and the rest is
-vectorised pandas, so the frames stay fast at 100k responses.
+Reads go through one projection query per collection and the rest is
+vectorised pandas. A store may offer two flat projections that skip document
+decoding (see `_load_flat`); without them the frame is built from
+`list_responses(include_messages=False)` and `list_judgements`, which is
+correct but about five times slower at 100k responses.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import weakref
 import zlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -110,6 +113,85 @@ def word_count(texts: Iterable[str | None]) -> np.ndarray:
     return np.fromiter((len(t.split()) if t else 0 for t in texts), dtype=np.int64)
 
 
+def _doc_words(doc: Doc) -> int:
+    """A response's words: the stored `words` field when the writer recorded it, else counted."""
+    words = doc.get("words")
+    return int(words) if words is not None else len((doc.get("response") or "").split())
+
+
+# Optional fast projections a store may implement (duck-typed; not in the Store protocol yet):
+#   list_response_stats(evaluation_id) -> list[tuple] in RESPONSE_STAT_FIELDS order, where `words`
+#       is the stored words field (or the store's count of whitespace-separated words);
+#   list_judgement_scores(evaluation_id, criteria) -> list[tuple] in JUDGEMENT_SCORE_FIELDS order
+#       followed by one score per criterion (None when absent), read without decoding documents.
+RESPONSE_STAT_FIELDS = ("id", *_RESPONSE_COLUMNS, "words", "error")
+JUDGEMENT_SCORE_FIELDS = (
+    "response_id", "judge_model", "attempt", "rubric_hash", "overall", "error", "retries", "structured_output",
+)  # fmt: skip
+
+
+def _non_empty(values: pd.Series) -> pd.Series:
+    """True where a text column holds a non-empty string."""
+    return values.fillna("").astype(str).str.len() > 0
+
+
+_NUMERIC = {"run", "prompt_index", "prompt_tokens", "completion_tokens", "generation_time_s", "tokens_per_s",
+            "words", "attempt", "overall", "retries"}  # fmt: skip
+_CATEGORICAL = {"evaluation_id", "model_name", "sequence", "prompt_name", "finish_reason", "judge_model",
+                "rubric_hash", "structured_output"}  # fmt: skip
+
+
+def _columns_frame(rows: list[tuple[Any, ...]], names: list[str]) -> pd.DataFrame:
+    """Rows → frame column by column (much faster than from_records); few-valued text as categories."""
+    if not rows:
+        return pd.DataFrame({n: pd.Series(dtype=float if n in _NUMERIC else object) for n in names})
+    data: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        values = np.array(
+            [row[i] for row in rows],
+            dtype=float if name in _NUMERIC or name.startswith(SCORE_PREFIX) else object,
+        )
+        if name in _CATEGORICAL:
+            codes, uniques = pd.factorize(values)
+            data[name] = pd.Categorical.from_codes(codes, uniques)
+        else:
+            data[name] = values
+    return pd.DataFrame(data)
+
+
+def _load_flat(
+    store: Store, evaluation_ids: list[str | None], rubric_hash: str | None
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Responses and judgements through the store's flat projections, or None when it has none."""
+    stats = getattr(store, "list_response_stats", None)
+    scores = getattr(store, "list_judgement_scores", None)
+    if stats is None or scores is None or rubric_hash == "all":
+        return None
+    rubric = catalog.load_rubric()
+    wanted = rubric_hash or rubric.rubric_hash
+    criteria = list(rubric.criterion_ids)
+    score_cols = [SCORE_PREFIX + c for c in criteria]
+    r_rows: list[tuple[Any, ...]] = []
+    j_rows: list[tuple[Any, ...]] = []
+    for eid in evaluation_ids:
+        r_rows.extend(stats(eid))
+        j_rows.extend(scores(eid, criteria))
+    left = _columns_frame(r_rows, ["response_id", *RESPONSE_STAT_FIELDS[1:]])
+    right = _columns_frame(j_rows, [*JUDGEMENT_SCORE_FIELDS, *score_cols])
+    right = right[right["rubric_hash"] == wanted]
+    if right.empty and j_rows and rubric_hash is None:
+        return None  # judged only under an older rubric: the document path knows its criteria
+    right = right.rename(columns={"error": "judgement_error"})
+    right["judgement_error"] = (
+        right["judgement_error"].astype(object).where(_non_empty(right["judgement_error"]), None)
+    )
+    for col in ("overall", *score_cols):
+        right[col] = pd.to_numeric(right[col], errors="coerce").astype(float)
+    right = right.drop(columns=[c for c in score_cols if right[c].isna().all()])
+    right["judgement_failed"] = right["judgement_error"].notna() | right["overall"].isna()
+    return left, right
+
+
 def judgements_frame(judgements: Sequence[Doc], *, justifications: bool = False) -> pd.DataFrame:
     """Flatten judgement documents: one row each, a score_<criterion> column per criterion."""
     criteria = _criterion_order(judgements)
@@ -138,24 +220,17 @@ def judgements_frame(judgements: Sequence[Doc], *, justifications: bool = False)
     return frame
 
 
-def responses_frame(
+def _load_documents(
     store: Store,
-    evaluation_ids: str | Iterable[str] | None = None,
-    *,
-    include_text: bool = True,
-    justifications: bool = False,
-    include_failed_responses: bool = False,
-    rubric_hash: str | None = None,
-) -> pd.DataFrame:
-    """Responses joined with their judgements: one row per response × judge × attempt.
-
-    rubric_hash: None keeps judgements made with the current rubric (or all of
-    them when none were); "all" keeps every rubric version; a hash keeps that one.
-    Responses whose generation failed are left out unless include_failed_responses.
-    """
+    ids: list[str | None],
+    include_text: bool,
+    justifications: bool,
+    include_failed_responses: bool,
+    rubric_hash: str | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     responses: list[Doc] = []
     judgements: list[Doc] = []
-    for eid in _ids(evaluation_ids):
+    for eid in ids:
         responses.extend(store.list_responses(eid, include_messages=False))
         judgements.extend(store.list_judgements(eid))
     if not include_failed_responses:
@@ -163,23 +238,61 @@ def responses_frame(
     base: dict[str, Any] = {"response_id": [r["id"] for r in responses]}
     for col in _RESPONSE_COLUMNS:
         base[col] = [r.get(col) for r in responses]
-    texts = [r.get("response") or "" for r in responses]
-    base["words"] = word_count(texts)
+    base["words"] = np.fromiter((_doc_words(r) for r in responses), dtype=np.int64, count=len(responses))
     if include_text:
         base["prompt_text"] = [r.get("prompt_text") for r in responses]
-        base["response"] = texts
+        base["response"] = [r.get("response") or "" for r in responses]
     if include_failed_responses:
         base["response_error"] = [r.get("error") or None for r in responses]
-    left = pd.DataFrame(base)
-    for col in ("run", "prompt_index", "prompt_tokens", "completion_tokens"):
-        left[col] = pd.to_numeric(left[col], errors="coerce")
-    for col in ("generation_time_s", "tokens_per_s"):
-        left[col] = pd.to_numeric(left[col], errors="coerce").astype(float)
     right = judgements_frame(_select_rubric(judgements, rubric_hash), justifications=justifications)
+    return pd.DataFrame(base), right
+
+
+def responses_frame(
+    store: Store,
+    evaluation_ids: str | Iterable[str] | None = None,
+    *,
+    include_text: bool = False,
+    justifications: bool = False,
+    include_failed_responses: bool = False,
+    rubric_hash: str | None = None,
+) -> pd.DataFrame:
+    """Responses joined with their judgements: one row per response × judge × attempt.
+
+    include_text adds the prompt and response text (for exports, text metrics
+    and browsing; the leaderboard and charts don't need it, and without it a
+    store's flat projections can be used). justifications adds a why_<criterion>
+    column per criterion. rubric_hash: None keeps judgements made with the
+    current rubric (or all of them when none were); "all" keeps every rubric
+    version; a hash keeps that one. Responses whose generation failed are left
+    out unless include_failed_responses.
+    """
+    ids = _ids(evaluation_ids)
+    flat = None if include_text or justifications else _load_flat(store, ids, rubric_hash)
+    if flat is not None:
+        left, right = flat
+        errors = left.pop("error")
+        failed = _non_empty(errors)
+        if include_failed_responses:
+            left["response_error"] = errors.where(failed, None)
+        else:
+            left = left[~failed]
+    else:
+        left, right = _load_documents(
+            store, ids, include_text, justifications, include_failed_responses, rubric_hash
+        )
+    # Same dtypes whichever path read the data: positions as nullable ints, measures as floats.
+    for col in ("run", "prompt_index"):
+        left[col] = pd.to_numeric(left[col], errors="coerce").astype("Int64")
+    for col in ("prompt_tokens", "completion_tokens", "words", "generation_time_s", "tokens_per_s"):
+        left[col] = pd.to_numeric(left[col], errors="coerce").astype(float)
     frame = left.merge(right, on="response_id", how="left", sort=False)
     frame["judgement_failed"] = frame["judgement_failed"].fillna(False).astype(bool)
     frame["attempt"] = frame["attempt"].astype("Int64")
     frame["retries"] = frame["retries"].astype("Int64")
+    for col in _CATEGORICAL & set(frame.columns):
+        if not isinstance(frame[col].dtype, pd.CategoricalDtype):
+            frame[col] = frame[col].astype("category")
     return frame
 
 
@@ -190,8 +303,28 @@ def _with_judge(df: pd.DataFrame, judge: str | None) -> pd.DataFrame:
     return df if judge is None else df[df["judge_model"] == judge]
 
 
+# per_response results by (id(frame), judge); frames are treated as read-only once built.
+_PER_RESPONSE_MEMO: dict[tuple[int, str | None], tuple[weakref.ref[pd.DataFrame], pd.DataFrame]] = {}
+
+
 def per_response(df: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:
-    """One row per response: its valid judgements averaged, plus how many judgements failed."""
+    """One row per response: its valid judgements averaged, plus how many judgements failed.
+
+    The leaderboard and every chart frame start here, so the result is
+    remembered per frame object (and dropped with it): build a new frame
+    rather than editing one in place.
+    """
+    key = (id(df), judge)
+    hit = _PER_RESPONSE_MEMO.get(key)
+    if hit is not None and hit[0]() is df:
+        return hit[1]
+    out = _per_response(df, judge)
+    _PER_RESPONSE_MEMO[key] = (weakref.ref(df), out)
+    weakref.finalize(df, _PER_RESPONSE_MEMO.pop, key, None)
+    return out
+
+
+def _per_response(df: pd.DataFrame, judge: str | None) -> pd.DataFrame:
     scores = ["overall", *_score_columns(df)]
     base = df.drop_duplicates("response_id").set_index("response_id")
     keep = [c for c in _PER_RESPONSE_KEEP if c in base.columns]
@@ -303,13 +436,14 @@ def per_criterion(df: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:
     cols = _score_columns(per)
     if per.empty or not cols:
         return pd.DataFrame(columns=["model_name", "criterion", "mean", "std", "n"])
-    long = per[["model_name", *cols]].melt(id_vars="model_name", var_name="criterion", value_name="score")
-    long["criterion"] = long["criterion"].str.removeprefix(SCORE_PREFIX)
-    out = long.groupby(["model_name", "criterion"], sort=False)["score"].agg(["mean", "std", "count"])
-    out = out.rename(columns={"count": "n"}).reset_index()
-    order = {c.removeprefix(SCORE_PREFIX): i for i, c in enumerate(cols)}
-    out["_o"] = out["criterion"].map(order)
-    return out.sort_values(["model_name", "_o"]).drop(columns="_o").reset_index(drop=True)
+    grouped = per.groupby("model_name", sort=True, observed=True)[cols]
+    parts = {"mean": grouped.mean(), "std": grouped.std(), "n": grouped.count()}
+    out = pd.concat({k: v.stack() for k, v in parts.items()}, axis=1)
+    out.index = out.index.set_names(["model_name", "criterion"])
+    out = out.reset_index()
+    out["criterion"] = out["criterion"].str.removeprefix(SCORE_PREFIX)
+    out["n"] = out["n"].astype(int)
+    return out
 
 
 def criterion_matrix(df: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:
@@ -610,7 +744,7 @@ def markdown_report(store: Store, evaluation_id: str, *, n_samples: int = 2) -> 
     from .jobs import get_evaluation
 
     evaluation = get_evaluation(store, evaluation_id)
-    df = responses_frame(store, evaluation_id)
+    df = responses_frame(store, evaluation_id, include_text=True)
     board = leaderboard(df)
     lines = [
         f"# Storybench report: {evaluation.get('name')}",
@@ -654,7 +788,7 @@ def markdown_report(store: Store, evaluation_id: str, *, n_samples: int = 2) -> 
         for label, rows in picks:
             for rid, row in rows.iterrows():
                 lines += [
-                    f"### {label}: {row['model_name']} · {row['sequence']} · run {row['run']} · "
+                    f"### {label}: {row['model_name']} · {row['sequence']} · run {int(row['run'])} · "
                     f"prompt {int(row['prompt_index']) + 1} — overall {row['overall']:.2f}",
                     "",
                     "> " + _excerpt(str(texts.get(rid, ""))),

@@ -1,0 +1,171 @@
+"""CLI commands beside the judge and results: `judge`, `export`, `leaderboard` (registered by cli.py).
+
+Exit codes follow cli.py: StorybenchError → 2 (main maps it); a judge run
+that stored failed judgements → 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, StorybenchError
+
+
+def parse_judge_model(text: str) -> Any:
+    """`bundled`, `path:FILE.gguf`, `fake` or a JSON model spec → ModelSpec."""
+    from pydantic import ValidationError
+
+    from .config import ModelSpec
+
+    text = text.strip()
+    if text == "bundled":
+        data: Any = {"kind": "bundled"}
+    elif text == "fake":
+        data = {"kind": "fake"}
+    elif text.startswith("path:"):
+        data = {"kind": "path", "path": text.removeprefix("path:")}
+    elif text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--judge-model: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    else:
+        raise ConfigError(
+            f"--judge-model {text!r}: use bundled, path:/models/x.gguf, or a JSON model spec such as "
+            '\'{"kind": "api", "base_url": "https://…/v1", "api_model": "…", "api_key_env": "OPENAI_API_KEY"}\''
+        )
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(f"--judge-model: {problems}") from None
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from .store.factory import open_store
+
+    return open_store(getattr(args, "store", None))
+
+
+def _evaluation_id(store: Any, given: str | None) -> str:
+    from .jobs import get_evaluation
+
+    if given:
+        return get_evaluation(store, given)["id"]
+    newest = store.list_evaluations(limit=1)
+    if not newest:
+        raise StorybenchError(
+            f"no evaluations in {store.describe()} yet; start one with `storybench run CONFIG`"
+        )
+    return newest[0]["id"]
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from .jobs import evaluation_config, get_evaluation
+    from .judge import judge_evaluation
+
+    store = _store(args)
+    evaluation = get_evaluation(store, args.evaluation)
+    config = evaluation_config(evaluation)
+    specs = [parse_judge_model(m) for m in args.judge_model or []] or config.judge.judges()
+    if not specs:
+        print("no judge in the evaluation's config; judging with the bundled model", file=sys.stderr)
+        specs = [parse_judge_model("bundled")]
+    cfg = config.judge
+    if args.attempts is not None:
+        cfg = cfg.model_copy(update={"attempts": args.attempts})
+        if not 1 <= args.attempts <= 10:
+            raise ConfigError(f"--attempts {args.attempts} is out of range 1–10")
+
+    def event(level: str, message: str, **fields: Any) -> None:
+        store.append_event(evaluation["id"], level, message, **fields)
+        print(message if level == "info" else f"{level}: {message}", file=sys.stderr)
+
+    summary = judge_evaluation(store, evaluation["id"], specs, cfg, event=event)
+    return 1 if summary.failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import results
+
+    store = _store(args)
+    eid = _evaluation_id(store, args.evaluation)
+    out = Path(args.out)
+    if args.format == "csv":
+        frame = results.responses_frame(
+            store, eid, include_text=True, justifications=True, include_failed_responses=True
+        )
+        results.export_csv(frame, out)
+    elif args.format == "json":
+        results.export_json(store, eid, out, include_messages=args.messages)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(results.markdown_report(store, eid), encoding="utf-8")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from . import results
+    from .progress import to_table
+
+    store = _store(args)
+    eid = _evaluation_id(store, args.evaluation)
+    frame = results.responses_frame(store, eid)
+    board = results.leaderboard(frame, judge=args.judge)
+    if board.empty or board["n_scored"].sum() == 0:
+        print(f"evaluation {eid}: no judged responses yet; run `storybench judge {eid}`", file=sys.stderr)
+        return 0
+    rows = []
+    for r in board.itertuples(index=False):
+        ci = f"{r.ci_low:.2f}–{r.ci_high:.2f}" if r.n_scored else "–"
+        rows.append(
+            {
+                "rank": r.rank,
+                "model": r.model_name,
+                "overall": f"{r.overall:.2f}" if r.n_scored else "–",
+                "95% CI": ci,
+                "responses": r.n_responses,
+                "failed judgements": r.n_failed_judgements,
+                "words": f"{r.mean_words:.0f}",
+                "tok/s": f"{r.mean_tokens_per_s:.1f}",
+            }
+        )
+    print(f"evaluation {eid}" + (f" · judge {args.judge}" if args.judge else ""))
+    print(to_table(rows))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `judge`, `export` and `leaderboard` to the storybench command line."""
+    j = subparsers.add_parser("judge", help="judge the stored responses of an evaluation against the rubric")
+    j.add_argument("evaluation", metavar="EVAL_ID")
+    j.add_argument(
+        "--judge-model",
+        action="append",
+        metavar="MODEL",
+        help="bundled | path:FILE.gguf | a JSON model spec; repeat for several judges "
+        "(default: the evaluation's judge, else the bundled model)",
+    )
+    j.add_argument("--attempts", type=int, help="independent judgements per response (default: the config's)")
+    j.set_defaults(func=cmd_judge)
+
+    e = subparsers.add_parser(
+        "export", help="export responses with judgements (csv, json) or a Markdown report"
+    )
+    e.add_argument("evaluation", metavar="EVAL_ID", nargs="?", help="evaluation id (default: the newest)")
+    e.add_argument("--format", choices=["csv", "json", "md"], default="csv")
+    e.add_argument("--out", required=True, metavar="PATH", help="file to write")
+    e.add_argument(
+        "--messages", action="store_true", help="json: include the messages sent with each response"
+    )
+    e.set_defaults(func=cmd_export)
+
+    lb = subparsers.add_parser("leaderboard", help="models ranked by mean judge score with 95%% CIs")
+    lb.add_argument("evaluation", metavar="EVAL_ID", nargs="?", help="evaluation id (default: the newest)")
+    lb.add_argument("--judge", help="only this judge's scores (default: all judges averaged)")
+    lb.set_defaults(func=cmd_leaderboard)
