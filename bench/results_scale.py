@@ -2,12 +2,16 @@
 
 Fills a temporary SQLite store through the Store protocol with synthetic
 responses and one judgement each (10k, then 100k), then times the reads and
-frames the Results page needs: responses_frame (the one projection query per
-collection), leaderboard (with a 1000-sample bootstrap), per-criterion,
-per-sequence, score distribution and length-vs-score. Prints each time and
-the growth ratio 100k / 10k.
+frames the Results page needs: responses_frame, leaderboard (with a
+1000-sample bootstrap), per-criterion, per-sequence, score distribution and
+length-vs-score. Each is timed twice: through the store's flat projections
+(list_response_stats, list_judgement_scores: what the Results page uses) and,
+as the baseline, through list_responses / list_judgements alone. Prints each
+time, the growth ratio 100k / 10k and the load average (the times mean little
+on a busy machine without it).
 
     .venv/bin/python bench/results_scale.py            # 10k and 100k
+    .venv/bin/python bench/results_scale.py --quick    # 10k only: a sanity run
     .venv/bin/python bench/results_scale.py --sizes 2000 20000 --words 120
 """
 
@@ -77,33 +81,18 @@ VOCAB = [
 BATCH = 1000
 
 
-class ProjectedSQLiteStore(SQLiteStore):
-    """SQLiteStore plus the two flat projections results.py looks for (a prototype for the store owner).
+class DocumentsOnly:
+    """A store seen without its flat projections, so results.py decodes whole documents (the baseline)."""
 
-    Both read columns straight from SQLite (json_extract for nested values)
-    instead of decoding every document into a dict.
-    """
+    HIDDEN = ("list_response_stats", "list_judgement_scores")
 
-    def list_response_stats(self, evaluation_id: str | None) -> list[tuple[Any, ...]]:
-        cols = ", ".join(c for c in results.RESPONSE_STAT_FIELDS if c not in ("words",))
-        cols = cols.replace("error", "COALESCE(json_extract(extra, '$.words'), sb_words(response)), error")
-        sql = f"SELECT {cols} FROM responses" + (" WHERE evaluation_id = ?" if evaluation_id else "")
-        sql += " ORDER BY evaluation_id, model_name, sequence, run, prompt_index"
-        with self._tx(write=False) as conn:
-            conn.create_function("sb_words", 1, lambda t: len(t.split()) if t else 0, deterministic=True)
-            return conn.execute(sql, (evaluation_id,) if evaluation_id else ()).fetchall()
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
 
-    def list_judgement_scores(self, evaluation_id: str | None, criteria: list[str]) -> list[tuple[Any, ...]]:
-        paths = [f'$."{c}".score' for c in criteria]
-        score_sql = "".join(", json_extract(scores, ?)" for _ in criteria)
-        sql = (
-            "SELECT response_id, judge_model, attempt, rubric_hash, overall, error, "
-            "json_extract(extra, '$.retries'), json_extract(extra, '$.structured_output')"
-            f"{score_sql} FROM judgements" + (" WHERE evaluation_id = ?" if evaluation_id else "")
-        )
-        params = (*paths, evaluation_id) if evaluation_id else tuple(paths)
-        with self._tx(write=False) as conn:
-            return conn.execute(sql, params).fetchall()
+    def __getattr__(self, name: str) -> Any:
+        if name in self.HIDDEN:
+            raise AttributeError(name)
+        return getattr(self._store, name)
 
 
 def synthetic_docs(
@@ -245,18 +234,32 @@ def measure(store: SQLiteStore, eid: str, repeats: int) -> dict[str, float]:
     return best
 
 
+LABELS = ("Store protocol only", "with flat projections")
+
+
+def load_average() -> str:
+    try:
+        return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--quick", action="store_true", help="only 10k responses (a sanity run)")
     parser.add_argument("--words", type=int, default=200, help="mean words per synthetic response")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    sizes = [10_000] if args.quick else args.sizes
     os.environ.setdefault("STORYBENCH_HOME", tempfile.mkdtemp(prefix="storybench-bench-home-"))
+    print(f"{os.cpu_count()} CPUs, {load_average()}", flush=True)
+    criteria = list(catalog.load_rubric().criterion_ids)
     rows: dict[tuple[int, str], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="storybench-bench-") as tmp:
-        for n in args.sizes:
+        for n in sizes:
             path = Path(tmp) / f"scale-{n}.db"
             eid = f"scale{n}"
             store = SQLiteStore(path)
@@ -266,34 +269,37 @@ def main() -> int:
                 f"{n:>7} responses + judgements inserted in {seconds:.1f} s ({size_mb:.0f} MB file)",
                 flush=True,
             )
-            _, t_resp = timed(lambda s=store, e=eid: s.list_responses(e, include_messages=False))
-            _, t_judg = timed(lambda s=store, e=eid: s.list_judgements(e))
-            print(f"    protocol reads: list_responses {t_resp:.3f} s, list_judgements {t_judg:.3f} s")
-            for label, which in (
-                ("Store protocol only", store),
-                ("with flat projections", ProjectedSQLiteStore(path)),
-            ):
+            reads = {
+                "list_responses": lambda s=store, e=eid: s.list_responses(e, include_messages=False),
+                "list_judgements": lambda s=store, e=eid: s.list_judgements(e),
+                "list_response_stats": lambda s=store, e=eid: s.list_response_stats(e),
+                "list_judgement_scores": lambda s=store, e=eid: s.list_judgement_scores(e, criteria),
+            }
+            print("    store reads: " + ", ".join(f"{k} {timed(f)[1]:.3f} s" for k, f in reads.items()))
+            for label, which in zip(LABELS, (DocumentsOnly(store), store), strict=True):
                 key = (n, label)
-                rows[key] = measure(which, eid, args.repeats)
+                rows[key] = measure(which, eid, args.repeats)  # type: ignore[arg-type]
                 print(f"  {label}:")
                 for step, value in rows[key].items():
                     print(f"    {step:<40} {value:7.3f} s", flush=True)
-                which.close()
+            store.close()
+            print(f"    ({load_average()})", flush=True)
     total_key = "total (frame + leaderboard + charts)"
-    big = args.sizes[-1]
-    if len(args.sizes) >= 2:
-        small = args.sizes[0]
-        for label in ("Store protocol only", "with flat projections"):
+    big = sizes[-1]
+    if len(sizes) >= 2:
+        small = sizes[0]
+        for label in LABELS:
             print(f"\ngrowth {big}/{small} (×{big / small:.0f} data), {label}:")
             for step in rows[(big, label)]:
                 a, b = rows[(small, label)][step], rows[(big, label)][step]
                 print(f"    {step:<40} ×{b / a if a else float('nan'):.1f}")
     print()
-    for label in ("Store protocol only", "with flat projections"):
+    for label in LABELS:
         total = rows[(big, label)][total_key]
         print(
             f"{big} responses, {label}: {total:.2f} s for frame + leaderboard + chart frames (target < 2 s)"
         )
+    print(f"{os.cpu_count()} CPUs, {load_average()}")
     return 0
 
 

@@ -8,11 +8,21 @@ upsert on its unique `task_key`, which makes resume and several workers safe.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 Doc = dict[str, Any]
+
+# Columns of the two flat projections that keep the results views fast: values as the documents
+# hold them, read without decoding whole documents (results.py has the same tuples).
+RESPONSE_STAT_FIELDS = (
+    "id", "evaluation_id", "model_name", "sequence", "run", "prompt_index", "prompt_name", "finish_reason",
+    "prompt_tokens", "completion_tokens", "generation_time_s", "tokens_per_s", "words", "error",
+)  # fmt: skip
+JUDGEMENT_SCORE_FIELDS = (
+    "response_id", "judge_model", "attempt", "rubric_hash", "overall", "error", "retries", "structured_output",
+)  # fmt: skip
 
 EVALUATION_STATUSES = ("queued", "running", "stopping", "stopped", "completed", "failed")
 ACTIVE_STATUSES = ("queued", "running", "stopping")
@@ -93,6 +103,10 @@ class Store(Protocol):
         """task_keys of responses stored without error."""
         ...
 
+    def list_response_stats(self, evaluation_id: str | None = None) -> list[tuple[Any, ...]]:
+        """RESPONSE_STAT_FIELDS tuples in list_responses order; words: the stored field, else counted."""
+        ...
+
     # --- judgements ---------------------------------------------------------
     def add_judgement(self, doc: Doc) -> str:
         """Insert a judgement; unique on (response_id, judge_model, rubric_hash, attempt)."""
@@ -105,6 +119,12 @@ class Store(Protocol):
         response_id: str | None = None,
         judge_model: str | None = None,
     ) -> list[Doc]: ...
+
+    def list_judgement_scores(
+        self, evaluation_id: str | None, criteria: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """JUDGEMENT_SCORE_FIELDS then each criterion's score (None if absent), in list_judgements order."""
+        ...
 
     # --- events (the run console) ------------------------------------------
     def append_event(self, evaluation_id: str, level: str, message: str, **fields: Any) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -25,9 +25,9 @@ from pymongo.errors import (
 )
 
 from storybench_core.errors import StoreError
-from storybench_core.store.base import Doc
+from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Doc
 from storybench_core.store.factory import mask_uri
-from storybench_core.store.sqlite import DATETIME_FIELDS, DOCUMENT_FIELDS, utc
+from storybench_core.store.sqlite import DATETIME_FIELDS, DOCUMENT_FIELDS, count_words, stored_words, utc
 
 T = TypeVar("T")
 
@@ -72,6 +72,16 @@ def _to_mongo(doc: Doc) -> Doc:
     out = _clean(doc)
     out["_id"] = out.pop("id")
     return out
+
+
+def _projected_score(doc: Doc, criterion: str) -> Any:
+    """One criterion's score from a judgement projected on scores.<criterion>.score (None if absent)."""
+    path = f"scores.{criterion}.score"
+    if path in doc:
+        return doc[path]  # nx-27017 returns a projected sub-field under its dotted path, unnested
+    scores = doc.get("scores")
+    entry = scores.get(criterion) if isinstance(scores, dict) else None
+    return entry.get("score") if isinstance(entry, dict) else None
 
 
 class MongoStore:
@@ -163,6 +173,13 @@ class MongoStore:
             return list(cursor)
 
         return [self._doc(collection, r) or {} for r in self._call(f"read {collection}", run)]
+
+    def _rows(self, collection: str, query: Doc, projection: Doc, sort: list[tuple[str, int]]) -> list[Doc]:
+        """Raw projected documents, fetched in BATCH_SIZE batches."""
+        return self._call(
+            f"read {collection}",
+            lambda: list(self._db[collection].find(query, projection).sort(sort).batch_size(BATCH_SIZE)),
+        )
 
     @staticmethod
     def _filters(**filters: Any) -> Doc:
@@ -336,6 +353,27 @@ class MongoStore:
                 d.pop("messages", None)
         return docs
 
+    def list_response_stats(self, evaluation_id: str | None = None) -> list[tuple[Any, ...]]:
+        fields = RESPONSE_STAT_FIELDS[1:]
+        raw = self._rows(
+            "responses", self._filters(evaluation_id=evaluation_id), dict.fromkeys(fields, 1), RESPONSE_ORDER
+        )
+        # Count words only where the writer did not store them: fetch just those texts, in batches.
+        for d in raw:
+            d["words"] = stored_words(d.get("words"))
+        missing = [d["_id"] for d in raw if d["words"] is None]
+        counted: dict[str, int] = {}
+        for start in range(0, len(missing), BATCH_SIZE):
+            batch = missing[start : start + BATCH_SIZE]
+            for d in self._rows("responses", {"_id": {"$in": batch}}, {"response": 1}, [("_id", 1)]):
+                counted[d["_id"]] = count_words(d.get("response"))
+        rows = []
+        for d in raw:
+            if d["words"] is None:
+                d["words"] = counted.get(d["_id"], 0)
+            rows.append((d["_id"], *(d.get(f) for f in fields)))
+        return rows
+
     def count_responses(self, evaluation_id: str, *, errors: bool | None = None) -> int:
         query: Doc = {"evaluation_id": evaluation_id}
         if errors is True:
@@ -383,6 +421,25 @@ class MongoStore:
     ) -> list[Doc]:
         query = self._filters(evaluation_id=evaluation_id, response_id=response_id, judge_model=judge_model)
         return self._find("judgements", query, [("created_at", 1), ("_id", 1)])
+
+    def list_judgement_scores(
+        self, evaluation_id: str | None, criteria: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        projection = dict.fromkeys(JUDGEMENT_SCORE_FIELDS, 1)
+        if all(c and "." not in c and not c.startswith("$") for c in criteria):
+            projection.update((f"scores.{c}.score", 1) for c in criteria)
+        elif criteria:
+            projection["scores"] = 1  # a criterion id that is no usable field path: take them whole
+        raw = self._rows(
+            "judgements",
+            self._filters(evaluation_id=evaluation_id),
+            projection,
+            [("created_at", 1), ("_id", 1)],
+        )
+        return [
+            (*(d.get(f) for f in JUDGEMENT_SCORE_FIELDS), *(_projected_score(d, c) for c in criteria))
+            for d in raw
+        ]
 
     def add_verdict(self, doc: Doc) -> str:
         return self._add_unique("verdicts", doc, ("verdict_key",), "verdict")

@@ -2,7 +2,9 @@
 
 Queried fields are real columns; nested values (config, messages, scores...)
 are JSON text; fields we don't know travel in an `extra` JSON column, so any
-document round-trips. One connection guarded by a lock serves every thread
+document round-trips. `responses.words` is derived, not a document field: the
+response's own `words`, else its count, so the results views read it from an
+index without touching the text. One connection guarded by a lock serves every thread
 of this process (Streamlit spawns many short-lived threads, so a connection
 per thread would leak); WAL and busy_timeout let other processes (a separate
 `storybench worker`) share the file. Datetimes are stored as ISO-8601 UTC
@@ -16,14 +18,14 @@ import math
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from storybench_core.errors import StoreError
-from storybench_core.store.base import Doc
+from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Doc
 
 # field -> kind. Kinds: text, int, real, dt (datetime), json (nested value).
 COLUMNS: dict[str, dict[str, str]] = {
@@ -106,6 +108,21 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX votes_evaluation ON votes (evaluation_id, voter)",
         ],
     ),
+    (
+        3,
+        "response words and results indexes",
+        [
+            # A derived column (not a document field): the document's `words`, else its count.
+            "ALTER TABLE responses ADD COLUMN words INTEGER",
+            "UPDATE responses SET words = CASE WHEN json_type(extra, '$.words') IN ('integer', 'real')"
+            " THEN CAST(json_extract(extra, '$.words') AS INTEGER) ELSE storybench_words(response) END",
+            # Covers list_response_stats, so it never reads the response text or messages.
+            "CREATE INDEX responses_stats ON responses (evaluation_id, model_name, sequence, run,"
+            " prompt_index, id, prompt_name, finish_reason, prompt_tokens, completion_tokens,"
+            " generation_time_s, tokens_per_s, words, error)",
+            "CREATE INDEX judgements_evaluation_created ON judgements (evaluation_id, created_at, id)",
+        ],
+    ),
 ]
 
 
@@ -168,6 +185,24 @@ def _decode(kind: str, value: Any) -> Any:
     return value
 
 
+def count_words(text: str | None) -> int:
+    """Whitespace-separated words (registered in SQL as storybench_words)."""
+    return len(text.split()) if text else 0
+
+
+def stored_words(value: Any) -> int | None:
+    """A response document's own `words` field as an int, or None when it holds no usable number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return int(value)
+    return None
+
+
+def _response_words(doc: Doc) -> int:
+    """The responses.words column: the document's own `words` when it has one, else counted."""
+    words = stored_words(doc.get("words"))
+    return count_words(doc.get("response")) if words is None else words
+
+
 def _to_row(table: str, doc: Doc) -> dict[str, Any]:
     """Split a document into column values plus the JSON of its unknown fields."""
     cols = COLUMNS[table]
@@ -176,7 +211,20 @@ def _to_row(table: str, doc: Doc) -> dict[str, Any]:
         k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in doc.items() if k not in cols
     }
     row["extra"] = _dumps(extra) if extra else None
+    if table == "responses":
+        row["words"] = _response_words(doc)  # derived; a given `words` still round-trips in extra
     return row
+
+
+# JSON escapes these in object keys, and a json_extract path label cannot hold them.
+_PATH_UNSAFE = frozenset('"\\') | {chr(i) for i in range(32)}
+
+
+def _score_sql(criterion: str) -> tuple[str, str]:
+    """SQL reading one criterion's score out of judgements.scores, and its parameter."""
+    if _PATH_UNSAFE.isdisjoint(criterion):
+        return "json_extract(scores, ?)", f'$."{criterion}".score'
+    return "(SELECT json_extract(value, '$.score') FROM json_each(scores) WHERE key = ?)", criterion
 
 
 def _to_doc(table: str, row: sqlite3.Row) -> Doc:
@@ -209,6 +257,7 @@ class SQLiteStore:
                 self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
             )
             self._conn.row_factory = sqlite3.Row
+            self._conn.create_function("storybench_words", 1, count_words, deterministic=True)
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL in WAL mode survives a killed process; only power loss can drop
@@ -288,6 +337,13 @@ class SQLiteStore:
         with self._tx(write=False) as conn:
             rows = conn.execute(sql, tuple(params)).fetchall()
         return [_to_doc(table, r) for r in rows]
+
+    @staticmethod
+    def _tuples(conn: sqlite3.Connection, sql: str, params: Iterable[Any]) -> list[tuple[Any, ...]]:
+        """Plain tuples, not sqlite3.Row: the flat projections hand them on as they are."""
+        cursor = conn.cursor()
+        cursor.row_factory = None
+        return cursor.execute(sql, tuple(params)).fetchall()
 
     @staticmethod
     def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -435,6 +491,26 @@ class SQLiteStore:
         tail = " ORDER BY evaluation_id, model_name, sequence, run, prompt_index"
         return self._select("responses", where, params, tail, cols)
 
+    def list_response_stats(self, evaluation_id: str | None = None) -> list[tuple[Any, ...]]:
+        # Read from the responses_stats covering index alone; rows whose words column is
+        # still empty (written by a Storybench from before migration 3) are counted after.
+        cols = ", ".join(RESPONSE_STAT_FIELDS)
+        where, params = self._where({"evaluation_id": evaluation_id})
+        where = f" WHERE {where}" if where else ""
+        order = " ORDER BY evaluation_id, model_name, sequence, run, prompt_index"
+        fix = (
+            "SELECT id, CASE WHEN json_type(extra, '$.words') IN ('integer', 'real')"
+            " THEN CAST(json_extract(extra, '$.words') AS INTEGER) ELSE storybench_words(response) END"
+            f" FROM responses{where}{' AND' if where else ' WHERE'} words IS NULL"
+        )
+        with self._tx(write=False) as conn:
+            rows = self._tuples(conn, f"SELECT {cols} FROM responses{where}{order}", params)
+            missing = dict(self._tuples(conn, fix, params))
+        if missing:
+            at = RESPONSE_STAT_FIELDS.index("words")
+            rows = [r if r[0] not in missing else (*r[:at], missing[r[0]], *r[at + 1 :]) for r in rows]
+        return rows
+
     def count_responses(self, evaluation_id: str, *, errors: bool | None = None) -> int:
         sql = "SELECT COUNT(*) FROM responses WHERE evaluation_id = ?"
         if errors is True:
@@ -483,6 +559,21 @@ class SQLiteStore:
             {"evaluation_id": evaluation_id, "response_id": response_id, "judge_model": judge_model}
         )
         return self._select("judgements", where, params, " ORDER BY created_at, id")
+
+    def list_judgement_scores(
+        self, evaluation_id: str | None, criteria: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        in_extra = ("retries", "structured_output")
+        cols = [f"json_extract(extra, '$.{c}')" if c in in_extra else c for c in JUDGEMENT_SCORE_FIELDS]
+        scores = [_score_sql(c) for c in criteria]
+        where, params = self._where({"evaluation_id": evaluation_id})
+        sql = (
+            f"SELECT {', '.join(cols + [sql for sql, _ in scores])} FROM judgements"
+            + (f" WHERE {where}" if where else "")
+            + " ORDER BY created_at, id"
+        )
+        with self._tx(write=False) as conn:
+            return self._tuples(conn, sql, [p for _, p in scores] + params)
 
     def add_verdict(self, doc: Doc) -> str:
         return self._add_unique("verdicts", doc, ("verdict_key",), "verdict")

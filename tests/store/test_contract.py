@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from storybench_core.errors import StoreError
-from storybench_core.store.base import Store
+from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Store
 
 StoreOpener = Callable[[], Store]  # the store_opener fixture (conftest.py)
 
@@ -322,6 +322,86 @@ def test_judgements_are_unique_per_attempt_and_filterable(store: Store) -> None:
     assert [j["response_id"] for j in store.list_judgements(judge_model="other")] == [r2]
     with pytest.raises(StoreError, match="attempt"):
         store.add_judgement({"response_id": r1, "judge_model": "judge", "rubric_hash": "r1"})
+
+
+# --- flat projections for the results views ---------------------------------
+
+
+def _expected_stats(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """What list_response_stats must give for a list_responses document."""
+    words = doc.get("words")
+    words = int(words) if words is not None else len((doc.get("response") or "").split())
+    return (doc["id"], *(doc.get(f) for f in RESPONSE_STAT_FIELDS[1:-2]), words, doc.get("error"))
+
+
+def _expected_scores(doc: dict[str, Any], criteria: list[str]) -> tuple[Any, ...]:
+    """What list_judgement_scores must give for a list_judgements document."""
+    scores = doc.get("scores") or {}
+    return (
+        *(doc.get(f) for f in JUDGEMENT_SCORE_FIELDS),
+        *((scores.get(c) or {}).get("score") for c in criteria),
+    )
+
+
+def test_flat_projection_fields_are_the_ones_results_reads() -> None:
+    from storybench_core import results
+
+    assert results.RESPONSE_STAT_FIELDS == RESPONSE_STAT_FIELDS
+    assert results.JUDGEMENT_SCORE_FIELDS == JUDGEMENT_SCORE_FIELDS
+
+
+def test_response_stats_equal_list_responses(store: Store) -> None:
+    eid = store.create_evaluation(evaluation(1))
+    other = store.create_evaluation(evaluation(2))
+    keys = [(m, p) for m in ("b", "a") for p in (2, 0, 1)]
+    for m, p in keys:
+        store.upsert_response(response(eid, m, prompt=p, response=" ".join(["word"] * (p + 3)) + "\n end"))
+    store.upsert_response(response(eid, "c", prompt=0, words=41))  # the writer's own count wins
+    store.upsert_response(response(eid, "c", prompt=1, error="context overflow", response=None))
+    store.upsert_response(response(eid, "c", prompt=2, tokens_per_s=float("nan"), finish_reason=None))
+    partial = response(eid, "c", prompt=3)
+    for field in ("prompt_name", "completion_tokens", "error", "response"):
+        del partial[field]
+    store.upsert_response(partial)
+    store.upsert_response(response(other, "a", prompt=0, response="one two"))
+    # A replace recounts: the stats follow the newest text.
+    store.upsert_response(response(other, "a", prompt=0, response="one two three four"))
+    for wanted in (eid, other, None):
+        got = store.list_response_stats(wanted)
+        assert all(type(row) is tuple and len(row) == len(RESPONSE_STAT_FIELDS) for row in got)
+        docs = store.list_responses(wanted, include_messages=False)
+        assert got == [_expected_stats(d) for d in docs]
+    assert [row[-2] for row in store.list_response_stats(other)] == [4]
+    assert store.list_response_stats("missing") == []
+
+
+def test_judgement_scores_equal_list_judgements(store: Store) -> None:
+    eid = store.create_evaluation(evaluation(1))
+    other = store.create_evaluation(evaluation(2))
+    r1 = store.upsert_response(response(eid, prompt=0))
+    r2 = store.upsert_response(response(eid, prompt=1))
+    r3 = store.upsert_response(response(other, prompt=0))
+    store.add_judgement(judgement(r1, eid, 2, retries=1, structured_output="json_schema"))
+    store.add_judgement(judgement(r1, eid, 1, overall=float("nan"), scores=None, error="invalid JSON"))
+    only_plot = {"plot": {"score": 3, "justification": "ok"}, "ünï key": {"score": 2}}
+    store.add_judgement(judgement(r2, eid, 1, judge_model="other", scores=only_plot, overall=3.0))
+    store.add_judgement(judgement(r3, other, 1, rubric_hash="r2", retries=0, structured_output="prompt-only"))
+    criteria = ["voice", "plot", "pace"]
+    for wanted in (eid, other, None):
+        got = store.list_judgement_scores(wanted, criteria)
+        assert all(type(row) is tuple for row in got)
+        assert got == [_expected_scores(j, criteria) for j in store.list_judgements(wanted)]
+    rows = store.list_judgement_scores(eid, ["plot", "voice"])
+    assert [(row[2], row[-2:]) for row in rows if row[1] == "judge"] == [(1, (None, None)), (2, (5, 7))]
+    assert store.list_judgement_scores(eid, []) == [
+        _expected_scores(j, []) for j in store.list_judgements(eid)
+    ]
+    # Criterion ids that are no plain JSON path or field path still read back.
+    odd = ["ünï key", 'quo"te', "dotted.id", "$dollar"]
+    got = store.list_judgement_scores(eid, odd)
+    assert got == [_expected_scores(j, odd) for j in store.list_judgements(eid)]
+    assert [row[-4:] for row in got if row[1] == "other"] == [(2, None, None, None)]
+    assert store.list_judgement_scores("missing", criteria) == []
 
 
 # --- events -----------------------------------------------------------------
