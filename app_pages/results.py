@@ -1,22 +1,41 @@
-"""Results: every stored response across evaluations, filtered, read in full, and charted per model."""
+"""Results: stored responses filtered, read in full and charted; one evaluation's scores, ratings,
+side-by-side compare and exports, and "Judge now" for what is not judged yet."""
 
 from __future__ import annotations
 
+from functools import partial
+
+import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from storybench_core import charts, jobs, ratings, results
+from storybench_core.store.base import Doc
 from storybench_core.views import results as results_view
 from storybench_core.views import run as run_view
+from storybench_core.views import scores as scores_view
 from ui import services, widgets
 
 PAGE = "results"
-JUDGE_PENDING = (
-    "Scores, the leaderboard and side-by-side comparison arrive with the judge. "
-    "The responses, charts and export below already cover local and API models together."
+PICK_EVALUATION = (
+    "Scores, the leaderboard and side-by-side comparison arrive with the judge, one evaluation at a time: "
+    "choose an evaluation above."
+)
+NOT_JUDGED = (
+    "Nothing judged yet in this evaluation. Scores and the leaderboard arrive with the judge: "
+    "press **Judge now** above, or run `storybench judge {eid}`."
+)
+SCORE_CHARTS = (
+    "criterion_heatmap",
+    "criterion_radar",
+    "sequence_bars",
+    "length_scatter",
+    "score_distribution",
 )
 
 st.title("Results")
-widgets.require_store()
+store = widgets.require_store()
+widgets.show_flash(PAGE)
 
 evaluations = services.evaluations()
 frame = results_view.responses_frame(services.responses())
@@ -73,15 +92,39 @@ filters = results_view.ResponseFilters(
     prompts=tuple(pick_prompt.multiselect("Prompt", options.prompts, key=KEYS["prompts"], placeholder="All")),
     runs=tuple(pick_run.multiselect("Run", options.runs, key=KEYS["runs"], placeholder="All")),
 )
-query = results_view.filters_to_query(filters)
-if {k: st.query_params.get_all(k) for k in st.query_params} != query:
-    st.query_params.from_dict(query)
+url = {k: st.query_params.get_all(k) for k in st.query_params}
 
 shown = results_view.apply_filters(frame, filters)
-count, models, failed = st.columns(3)
+count, models, failed, pick_judge = st.columns(4)
 count.metric("Responses", len(shown))
 models.metric("Models", shown["model"].nunique())
 failed.metric("Failed", int((shown["error"] != "").sum()))
+
+# --- one evaluation's scores (the Charts, Leaderboard, Compare and Export tabs) ----------
+evaluation: Doc | None = None
+scored = None
+judge: str | None = None
+if evaluation_id:
+    evaluation = next((d for d in evaluations if d["id"] == evaluation_id), None) or store.get_evaluation(
+        evaluation_id
+    )
+    with widgets.guarded("reading the scores"):
+        scored = scores_view.filter_scores(services.scores(evaluation_id), filters)
+    judges = scores_view.judges_of(scored) if scored is not None else []
+    if len(judges) > 1:
+        key = f"{PAGE}.judge"
+        if st.session_state.get(key) not in (scores_view.ALL_JUDGES, *judges):
+            wanted = (url.get("judge") or [None])[-1]
+            st.session_state[key] = wanted if wanted in judges else scores_view.ALL_JUDGES
+        judge = scores_view.judge_filter(
+            pick_judge.selectbox(
+                "Judge",
+                [scores_view.ALL_JUDGES, *judges],
+                key=key,
+                help="Scores of one judge, or the mean of all",
+            )
+        )
+judged = scored is not None and scores_view.has_judgements(scored)
 
 responses_tab, charts_tab, leaderboard_tab, compare_tab, export_tab = st.tabs(
     ["Responses", "Charts", "Leaderboard", "Compare", "Export"]
@@ -139,14 +182,266 @@ with charts_tab:
             figure = px.box(points, x="model", y=column, color="source", points="all", title=title)
             figure.update_layout(xaxis_title=None, yaxis_title=title, legend_title_text="source")
             st.plotly_chart(figure, key=f"{PAGE}.chart.{column}")
+    if judged:
+        st.subheader("Scores")
+        figures = charts.all_figures(scored, judge)
+        for name in SCORE_CHARTS:
+            st.plotly_chart(figures[name], key=f"{PAGE}.chart.{name}")
+    elif evaluation_id:
+        st.caption("Score charts appear once the evaluation is judged (**Leaderboard** tab: Judge now).")
+
+JUDGING = bool((state := services.judge_jobs().state(evaluation_id or "")) and state.active)
+
+
+def judge_panel(evaluation: Doc) -> None:
+    """The judge controls; a fragment rerun happens outside the page's error guard, so guard it here."""
+    with widgets.guarded("showing the judge controls"):
+        judge_controls(evaluation)
+
+
+def judge_controls(evaluation: Doc) -> None:
+    """'Judge now': pick a judge, start a background job, watch its progress and console."""
+    eid = evaluation["id"]
+    state = services.judge_jobs().state(eid)
+    if bool(state and state.active) != JUDGING:
+        # Started or finished: redraw the whole page with fresh scores and the right polling interval.
+        services.refresh_scores()
+        st.rerun()
+    config = jobs.evaluation_config(evaluation)
+    options = scores_view.judge_options(config)
+    picker, button = st.columns([4, 1], vertical_alignment="bottom")
+    key = f"{PAGE}.judge_with"
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = next(iter(options))
+    label = picker.selectbox(
+        "Judge with",
+        list(options),
+        key=key,
+        help="Judges every stored response not yet judged by this judge under the current rubric.",
+    )
+    button.button(
+        "Judge now",
+        key=f"{PAGE}.judge_now",
+        icon=":material/gavel:",
+        type="primary",
+        width="stretch",
+        disabled=JUDGING,
+        on_click=widgets.run_action,
+        args=(PAGE, "starting the judge", services.judge_now, eid, options[label], label),
+    )
+    if evaluation.get("status") in ("queued", "running", "stopping"):
+        st.caption("This evaluation is still running: Judge now scores the responses stored so far.")
+    for warning in scores_view.judge_warnings(options[label], config):
+        st.warning(warning, icon=":material/warning:")
+    if state is None:
+        return
+    if state.active:
+        bar, stop = st.columns([4, 1], vertical_alignment="bottom")
+        bar.progress(state.fraction, text=state.progress_label)
+        stop.button(
+            "Stop judging",
+            key=f"{PAGE}.judge_stop",
+            icon=":material/stop:",
+            width="stretch",
+            on_click=services.judge_jobs().stop,
+            args=(eid,),
+        )
+    elif state.status == "done":
+        st.success(f"Judging finished: {state.summary}.", icon=":material/check_circle:")
+    elif state.status == "stopped":
+        st.warning(f"Judging stopped: {state.summary}. Judge again to finish.", icon=":material/stop_circle:")
+    else:
+        st.error(f"Judging failed: {state.error}", icon=":material/error:")
+    if state.lines:
+        with st.expander(f"Judge console · {len(state.lines)} lines", expanded=state.active):
+            st.code(
+                "\n".join(state.lines),
+                language=None,
+                wrap_lines=True,
+                height=min(320, 22 * len(state.lines) + 16),
+            )
+
+
+def leaderboard(evaluation_id: str, board: pd.DataFrame) -> None:
+    """The ranked models with CIs and text metrics, judge agreement, attempt spread, turn trends."""
+    text = scores_view.text_summary(
+        services.text_metrics(evaluation_id), list(scored["response_id"].unique())
+    )
+    table = scores_view.leaderboard_table(board, text)
+    st.dataframe(table, hide_index=True, column_config=scores_view.leaderboard_labels(table))
+    st.caption(
+        "Overall: the mean of the criteria, per response averaged over its valid judgements; 95% CI: a bootstrap "
+        "over responses. Failed judgements have no score and are only counted. Distinct-n: unique n-grams ÷ "
+        "n-grams (higher = more varied); repeated 4-grams: share of 4-grams repeating an earlier one; stock "
+        "phrases: over-used phrases per response."
+    )
+    agreement = results.judge_agreement(scored)
+    if not agreement.empty:
+        st.subheader("Judge agreement")
+        st.dataframe(
+            scores_view.rounded(agreement), hide_index=True, column_config=scores_view.table_labels(agreement)
+        )
+        st.caption("Spearman ρ of the judges' model means, and per-response differences of overall (a − b).")
+    spread = results.attempt_spread(scores_view.for_judge(scored, judge))
+    if not spread.empty:
+        st.subheader("Repeated judgements")
+        st.dataframe(
+            scores_view.rounded(spread), hide_index=True, column_config=scores_view.table_labels(spread)
+        )
+        st.caption("Standard deviation of a response's scores across attempts (same judge).")
+    if scores_view.has_several_turns(scored):
+        trend = scores_view.trend_table(ratings.turn_trend(scores_view.for_judge(scored, judge)))
+        if not trend.empty:
+            low, high = scores_view.score_scale()
+            st.subheader("Score per turn")
+            st.dataframe(
+                trend,
+                hide_index=True,
+                column_config={
+                    "scores": st.column_config.LineChartColumn("overall per turn", y_min=low, y_max=high),
+                    "slope": st.column_config.NumberColumn("slope per turn", format="%.3f"),
+                },
+            )
+            st.caption("A negative slope: the model starts strong and fades over the turns of a sequence.")
+
+
+def pairwise_ratings(evaluation_id: str, board: pd.DataFrame | None) -> None:
+    """Bradley–Terry ratings per judge and from the team votes, rank agreement, position bias."""
+    report = services.pairwise_report(evaluation_id)
+    sections = scores_view.rating_sections(report)
+    st.subheader("Pairwise ratings")
+    if not sections:
+        st.caption(
+            f"No pairwise verdicts or team votes yet: run `storybench compare-judge {evaluation_id}`, "
+            "or vote on the **Vote** page."
+        )
+        return
+    st.caption(
+        "Bradley–Terry ratings (Elo-like, mean 1000) from blind A/B verdicts, each pair judged in both orders, "
+        "with a 95% bootstrap CI; comparisons: outcomes involving the model."
+    )
+    for section in sections:
+        st.markdown(f"**{section.title}**")
+        st.dataframe(
+            section.table,
+            hide_index=True,
+            column_config={
+                "ci": "95% CI",
+                "win_rate": st.column_config.NumberColumn("win rate", format="percent"),
+            },
+        )
+    if board is not None and not board.empty:
+        agreement = ratings.rank_agreement(scores_view.agreement_reference(report), board)
+        if agreement.n_models:
+            st.metric(
+                "Rubric vs pairwise rank (Spearman ρ)",
+                scores_view.rank_agreement_text(agreement),
+                help=f"Over {agreement.n_models} models rated both ways; undefined with under two or all tied.",
+            )
+            st.dataframe(
+                scores_view.rounded(agreement.table),
+                hide_index=True,
+                column_config=scores_view.table_labels(agreement.table),
+            )
+    if not report.human_agreement.empty:
+        st.markdown("**Team votes vs judges**")
+        st.dataframe(
+            scores_view.rounded(report.human_agreement),
+            hide_index=True,
+            column_config=scores_view.table_labels(report.human_agreement),
+        )
+    if not report.position_bias.empty:
+        st.plotly_chart(scores_view.position_bias_figure(report.position_bias), key=f"{PAGE}.position_bias")
+        st.dataframe(
+            scores_view.rounded(report.position_bias),
+            hide_index=True,
+            column_config=scores_view.table_labels(report.position_bias),
+        )
+
+
+def compare(evaluation_id: str) -> scores_view.CompareChoice:
+    """Pick sequence, prompt, run and models; their responses side by side with scores and justifications."""
+    options = results_view.filter_options(frame, evaluation_id)
+    keys = {name: f"{PAGE}.compare.{name}" for name in ("sequence", "prompt", "run", "models")}
+    if all(k in st.session_state for k in keys.values()):
+        wanted = scores_view.CompareChoice(
+            *(st.session_state[keys[n]] for n in ("sequence", "prompt", "run")),
+            tuple(st.session_state[keys["models"]]),
+        )
+    else:
+        wanted = scores_view.compare_from_query(url)
+    choice = scores_view.sanitize_compare(wanted, options)
+    for name in ("sequence", "prompt", "run"):
+        st.session_state[keys[name]] = getattr(choice, name)
+    st.session_state[keys["models"]] = list(choice.models)
+    seq_col, prompt_col, run_col, model_col = st.columns([2, 1, 1, 4])
+    choice = scores_view.CompareChoice(
+        sequence=seq_col.selectbox("Sequence", options.sequences, key=keys["sequence"]),
+        prompt=prompt_col.selectbox("Prompt", options.prompts, key=keys["prompt"]),
+        run=run_col.selectbox("Run", options.runs, key=keys["run"]),
+        models=tuple(model_col.multiselect("Models", options.models, key=keys["models"])),
+    )
+    if len(choice.models) < 2 or choice.sequence is None or choice.prompt is None or choice.run is None:
+        st.info("Choose two or more models to compare their responses side by side.")
+        return choice
+    rows = services.compare(evaluation_id, choice.sequence, choice.prompt - 1, choice.run, choice.models)
+    prompt_text, columns = scores_view.compare_columns(rows, judge)
+    if not columns:
+        st.info("None of these models has a response to this prompt in this run.")
+        return choice
+    st.markdown(f"**Prompt {choice.prompt}** · {choice.sequence} · run {choice.run}")
+    with st.container(border=True):
+        st.text(prompt_text)
+    for place, column in zip(st.columns(len(columns)), columns, strict=True):
+        with place:
+            st.subheader(column.model)
+            st.metric("Overall", f"{column.overall:.2f}" if column.overall is not None else "–")
+            if column.status:
+                st.caption(column.status)
+            if column.score_line:
+                st.markdown(column.score_line)
+            with st.container(border=True, height=420):
+                if column.error:
+                    st.error(column.error, icon=":material/error:")
+                st.text(column.response or "(empty)")
+            st.caption(f"{column.words} words")
+            for card in column.judgements:
+                with st.expander(card.title):
+                    if card.error:
+                        st.warning(card.error)
+                    for item in card.scores:
+                        score = "–" if item.score is None else f"{item.score:g}"
+                        st.markdown(f"**{item.label} · {score}** {item.why}")
+    return choice
+
 
 with leaderboard_tab:
-    # Slot for results.py (judge issue): leaderboard per model and per criterion.
-    st.info(JUDGE_PENDING, icon=":material/hourglass_top:")
+    if evaluation is None:
+        st.info(PICK_EVALUATION, icon=":material/hourglass_top:")
+    else:
+        with st.container(border=True):
+            st.fragment(run_every=1.0 if JUDGING else None)(judge_panel)(evaluation)
+        board = None
+        if scored is not None and not judged and JUDGING:
+            st.info(
+                "Judging is under way: the leaderboard appears when it finishes.", icon=":material/gavel:"
+            )
+        elif scored is not None and not judged:
+            st.info(NOT_JUDGED.format(eid=evaluation_id), icon=":material/hourglass_top:")
+        elif scored is not None:
+            with widgets.guarded("building the leaderboard"):
+                board = results.leaderboard(scored, judge=judge)
+                leaderboard(evaluation_id, board)
+        with widgets.guarded("building the pairwise ratings"):
+            pairwise_ratings(evaluation_id, board)
 
+compare_choice = None
 with compare_tab:
-    # Slot for results.py (judge issue): side-by-side compare of two models' responses.
-    st.info(JUDGE_PENDING, icon=":material/hourglass_top:")
+    if evaluation is None:
+        st.info(PICK_EVALUATION, icon=":material/hourglass_top:")
+    else:
+        with widgets.guarded("comparing responses"):
+            compare_choice = compare(evaluation_id)
 
 with export_tab:
     st.download_button(
@@ -158,4 +453,50 @@ with export_tab:
         key=f"{PAGE}.export.csv",
         on_click="ignore",
     )
-    st.caption("Full text included. Scores and leaderboard exports arrive with the judge.")
+    st.caption("Full text included, across the filters above.")
+    if evaluation is None:
+        st.info("Choose an evaluation above to export it with its judgements and a report.")
+    else:
+        st.subheader("This evaluation with its judgements")
+        stem = scores_view.export_stem(evaluation)
+        csv_col, json_col, md_col = st.columns(3)
+        # Deferred: each file is built only when its button is clicked (a large evaluation takes a while).
+        csv_col.download_button(
+            "Responses + judgements (CSV)",
+            data=partial(scores_view.scores_csv, store, evaluation_id),
+            file_name=f"{stem}.csv",
+            mime="text/csv",
+            icon=":material/table:",
+            key=f"{PAGE}.export.scores_csv",
+            on_click="ignore",
+        )
+        json_col.download_button(
+            "Evaluation (JSON)",
+            data=partial(scores_view.evaluation_json_bytes, store, evaluation_id),
+            file_name=f"{stem}.json",
+            mime="application/json",
+            icon=":material/data_object:",
+            key=f"{PAGE}.export.json",
+            on_click="ignore",
+        )
+        md_col.download_button(
+            "Report (Markdown)",
+            data=partial(scores_view.markdown_report_bytes, store, evaluation_id),
+            file_name=f"{stem}.md",
+            mime="text/markdown",
+            icon=":material/description:",
+            key=f"{PAGE}.export.markdown",
+            on_click="ignore",
+        )
+        st.caption(
+            "CSV: one row per response × judgement, failed ones included, with justifications. JSON: the "
+            "evaluation, its responses and their judgements. Report: leaderboard, per-criterion and per-sequence "
+            "tables, best and worst responses."
+        )
+
+# Mirror the shareable selections in the URL last, once every widget has its value.
+query = results_view.filters_to_query(filters) | scores_view.selections_to_query(
+    judge, compare_choice if evaluation is not None else None
+)
+if url != query:
+    st.query_params.from_dict(query)

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
-from storybench_core import jobs, paths
-from storybench_core.config import ConfigError, config_hash, load_config, parse_config
-from storybench_core.errors import DownloadError
+from storybench_core import catalog, jobs, judge, pairwise, paths, ratings
+from storybench_core import results as rs
+from storybench_core.backends.fake import FakeBackend
+from storybench_core.config import ConfigError, JudgeConfig, ModelSpec, config_hash, load_config, parse_config
+from storybench_core.errors import DownloadError, JudgeError
 from storybench_core.hardware import GpuInfo, HardwareSnapshot
 from storybench_core.hub import ModelRef
 from storybench_core.store.sqlite import SQLiteStore
-from storybench_core.views import configure, hardware, models, results, run
+from storybench_core.views import configure, hardware, judging, models, results, run, scores
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -488,3 +493,234 @@ def test_evaluation_label_and_facts_line():
 
 def test_refresh_interval_is_fast_only_while_active():
     assert run.refresh_interval_s(True) == 1.0 and run.refresh_interval_s(False) == 5.0
+
+
+# --- scores: leaderboard, ratings, trends, compare, judge now ---------------------------------
+
+
+def _reply(score: int, note: str = "fine") -> str:
+    rubric = catalog.load_rubric()
+    return json.dumps({c: {"score": score, "justification": f"{note} {c}"} for c in rubric.criterion_ids})
+
+
+@pytest.fixture
+def judged_store(store):
+    """short/long × three prompts; long scores 4, short 2, and long's prompt 1 has one failed judgement."""
+    eid = jobs.enqueue(store, fake_config())
+    jobs.Worker(store).run_once()
+    rubric, cfg = catalog.load_rubric(), JudgeConfig(max_retries=0)
+    for response in store.list_responses(eid):
+        score = 4 if response["model_name"] == "long" else 2
+        backend = FakeBackend(reply=_reply(score, response["model_name"]))
+        store.add_judgement(judge.judge_response(backend, "j1", response, rubric, cfg))
+        if response["model_name"] == "long" and response["prompt_index"] == 0:
+            failed = judge.judge_response(FakeBackend(reply="no"), "j1", response, rubric, cfg, attempt=2)
+            store.add_judgement(failed)
+    return store, eid
+
+
+def test_format_ci():
+    assert scores.format_ci(3.4321, 3.1, 3.71) == "3.43 [3.10–3.71]"
+    assert scores.format_ci(1050.4, 990.2, 1101.9, digits=0) == "1050 [990–1102]"
+    assert scores.format_ci(3.0, float("nan"), 3.2) == "3.00"
+    assert scores.format_ci(float("nan"), 1.0, 2.0) == "–"
+
+
+def test_leaderboard_table_puts_text_metrics_beside_scores(judged_store):
+    store, eid = judged_store
+    df = rs.responses_frame(store, eid)
+    metrics = rs.text_metrics_frame(rs.responses_frame(store, eid, include_text=True))
+    table = scores.leaderboard_table(rs.leaderboard(df), scores.text_summary(metrics))
+    assert list(table["model"]) == ["long", "short"]
+    assert list(table["overall"]) == [4.0, 2.0] and list(table["ci"]) == [
+        "4.00 [4.00–4.00]",
+        "2.00 [2.00–2.00]",
+    ]
+    assert list(table["n_failed_judgements"]) == [1, 0]
+    assert list(table.columns[:6]) == ["rank", "model", "overall", "ci", "n_responses", "n_failed_judgements"]
+    assert {"distinct_2", "distinct_3", "repeated_4gram_rate", "stock_phrase_count", "tokens_per_s"} <= set(
+        table
+    )
+    labels = scores.leaderboard_labels(table)
+    assert labels["score_creativity"] == "Creativity" and labels["ci"] == "95% CI"
+    # Text metrics of some responses only (the page's filters).
+    only = scores.text_summary(metrics, list(metrics["response_id"][metrics["model_name"] == "short"]))
+    assert list(only["model_name"]) == ["short"]
+    assert scores.leaderboard_table(rs.leaderboard(df.iloc[0:0])).empty
+
+
+def test_filter_scores_judges_and_turn_trend(judged_store):
+    store, eid = judged_store
+    df = rs.responses_frame(store, eid)
+    assert scores.judges_of(df) == ["j1"] and scores.has_judgements(df) and scores.has_several_turns(df)
+    first = scores.filter_scores(df, results.ResponseFilters(prompts=(1,), models=("long",)))
+    assert set(first["prompt_index"]) == {0} and set(first["model_name"]) == {"long"} and len(first) == 2
+    assert len(scores.for_judge(df, "nobody")) == 0 and scores.for_judge(df, None) is df
+    assert scores.judge_filter(scores.ALL_JUDGES) is None and scores.judge_filter("j1") == "j1"
+    trend = scores.trend_table(ratings.turn_trend(df))
+    assert list(trend["model"]) == ["long", "short"] and list(trend["scores"].iloc[0]) == [4.0, 4.0, 4.0]
+    gap = pd.DataFrame({"model_name": ["m"], "scores": [[3.0, float("nan")]], "first": [3.0], "last": [3.0],
+                        "change": [0.0], "slope": [float("nan")], "n": [1]})  # fmt: skip
+    assert scores.trend_table(gap)["scores"].iloc[0] == [3.0, None]
+
+
+def test_compare_columns_carry_scores_justifications_and_failures(judged_store):
+    store, eid = judged_store
+    frame = rs.compare_frame(store, eid, "film", 0, 1, ["long", "short"])
+    prompt, columns = scores.compare_columns(frame)
+    assert prompt == store.list_responses(eid, prompt_index=0)[0]["prompt_text"]
+    long, short = columns
+    assert (long.model, short.model) == ("long", "short") and long.overall == 4.0 and short.overall == 2.0
+    assert [c.title for c in long.judgements] == ["j1 · attempt 1 · overall 4.00", "j1 · attempt 2 · failed"]
+    assert long.judgements[0].scores[0].why == "long creativity" and long.judgements[1].error
+    assert long.score_line.startswith("Creativity **4**") and long.status == ""
+    assert scores.compare_columns(frame, judge="other")[1][0].status == "not judged yet"
+    assert scores.compare_columns(frame.iloc[0:0]) == ("", [])
+
+
+def test_compare_choice_sanitizes_and_round_trips_through_the_url():
+    options = results.FilterOptions(["e"], ["a", "b", "c", "d"], ["film", "thriller"], [1, 2, 3], [1, 2])
+    default = scores.sanitize_compare(scores.CompareChoice(), options)
+    assert default == scores.CompareChoice("film", 1, 1, ("a", "b", "c"))
+    kept = scores.sanitize_compare(scores.CompareChoice("thriller", 3, 2, ("d", "gone")), options)
+    assert kept == scores.CompareChoice("thriller", 3, 2, ("d",))
+    stale = scores.sanitize_compare(scores.CompareChoice("nope", 9, 9, ("gone",)), options)
+    assert stale == scores.CompareChoice("film", 1, 1, ())
+    query = scores.compare_to_query(kept)
+    assert query == {"cmp_sequence": ["thriller"], "cmp_prompt": ["3"], "cmp_run": ["2"], "cmp_model": ["d"]}
+    assert scores.compare_from_query(query) == kept
+    assert scores.compare_from_query({"cmp_prompt": ["x"]}).prompt is None
+    assert scores.selections_to_query("j1", None) == {"judge": ["j1"]}
+
+
+def test_rating_sections_agreement_and_position_bias():
+    def fitted(models):
+        return ratings.fit_ratings(
+            [(models[0], models[1], 1.0)] * 3 + [(models[0], models[1], 0.0)], n_boot=20
+        )
+
+    bias = pd.DataFrame({"judge": ["j1"], "verdicts": [4], "failed": [0], "first_wins": [3], "second_wins": [1],
+                         "ties": [0], "first_win_rate": [0.75], "pairs_both_orders": [2], "consistent_rate": [0.5]})  # fmt: skip
+    report = pairwise.PairwiseReport(
+        scope="e",
+        ratings={"j2": fitted(("a", "b")), "human": fitted(("b", "a")), "j1": fitted(("a", "b"))},
+        pooled=fitted(("a", "b")),
+        position_bias=bias,
+        human_agreement=pd.DataFrame(),
+        outcomes=pd.DataFrame(),
+    )
+    sections = scores.rating_sections(report)
+    assert [s.title for s in sections] == ["Judge j1", "Judge j2", "Team votes (human)", "All judges pooled"]
+    table = sections[0].table
+    assert list(table.columns) == ["rank", "model", "rating", "ci", "comparisons", "win_rate"]
+    assert list(table["model"]) == ["a", "b"] and list(table["comparisons"]) == [4, 4]
+    assert table["ci"].iloc[0].startswith(f"{table['rating'].iloc[0]:.0f} [")
+    board = pd.DataFrame({"model_name": ["a", "b"], "overall": [4.0, 2.0]})
+    agreement = ratings.rank_agreement(scores.agreement_reference(report), board)
+    assert scores.rank_agreement_text(agreement) == "1.00"
+    alone = pairwise.PairwiseReport(
+        "e", {"human": fitted(("a", "b"))}, pd.DataFrame(), bias, pd.DataFrame(), pd.DataFrame()
+    )
+    assert list(scores.agreement_reference(alone)["model"]) == ["a", "b"]
+    figure = scores.position_bias_figure(bias)
+    assert list(figure.data[0].y) == [0.75] and figure.layout.yaxis.range == (0, 1)
+
+
+def test_judge_options_and_warnings():
+    plain = fake_config()
+    options = scores.judge_options(plain)
+    assert list(options) == [
+        "Bundled model: gemma-3-270m-q4_k_m (bundled)",
+        "Same as candidate: short",
+        "Same as candidate: long",
+    ]
+    assert options["Same as candidate: long"] == plain.models[1]
+    assert scores.judge_warnings(options["Same as candidate: short"], plain)[0].startswith(
+        "the judge short is also"
+    )
+    configured = parse_config(plain.model_dump() | {"judge": {"model": {"kind": "fake", "name": "fj"}}})
+    options = scores.judge_options(configured)
+    assert next(iter(options)) == "Configured judge: fj" and options["Configured judge: fj"] is None
+    assert scores.judge_warnings(None, configured) == []
+
+
+def test_export_stem_and_export_files(judged_store):
+    store, eid = judged_store
+    assert (
+        scores.export_stem({"name": "Night run #2!", "id": "abcdef123456"})
+        == "storybench-night-run-2-abcdef12"
+    )
+    assert scores.export_stem({}) == "storybench"
+    csv = scores.scores_csv(store, eid).decode()
+    assert csv.count("\n") == 8 and "why_creativity" in csv.splitlines()[0]  # header + 7 judgements
+    assert len(json.loads(scores.evaluation_json_bytes(store, eid))["responses"]) == 6
+    assert scores.markdown_report_bytes(store, eid).startswith(b"# Storybench report: views")
+
+
+def test_judge_jobs_run_in_the_background_and_skip_what_is_judged(store):
+    config = parse_config(fake_config().model_dump() | {"judge": {"model": {"kind": "fake", "name": "fj"}}})
+    eid = jobs.enqueue(store, config)
+    jobs.Worker(store).run_once()
+    tracker = judging.JudgeJobs()
+    state = tracker.start(store, eid, None, "Configured judge: fj")
+    assert state.evaluation_id == eid and state.judge_label == "Configured judge: fj"
+    tracker.wait(eid)
+    done = tracker.state(eid)
+    assert done.status == "done" and not done.active and done.fraction == 1.0
+    assert (done.judged, done.failed, done.skipped) == (
+        6,
+        0,
+        0,
+    ) and done.summary == "6 judged, 0 failed, 0 already judged"
+    assert done.progress_label == "fj: 6 / 6 judgements"
+    assert any("judging finished" in line for line in done.lines)
+    assert any("judging finished" in e["message"] for e in store.list_events(eid))  # the run's console too
+    assert len(store.list_judgements(eid)) == 6
+    tracker.start(store, eid, ModelSpec(kind="fake", name="fj"))
+    tracker.wait(eid)
+    assert tracker.state(eid).skipped == 6 and len(store.list_judgements(eid)) == 6
+    tracker.shutdown()
+
+
+def test_judge_jobs_report_errors_stop_and_run_one_at_a_time(store):
+    release = threading.Event()
+    calls: list[str] = []
+
+    def fake_judge(store_, evaluation_id, spec, *, pool, event, progress, should_stop):
+        calls.append(evaluation_id)
+        if evaluation_id == "broken":
+            raise JudgeError("evaluation broken has no judge configured; choose one")
+        if evaluation_id == "bug":
+            raise RuntimeError("secret detail")
+        event("info", "judge x: loading")
+        progress({"judge_model": "x", "done": 1, "total": 4})
+        release.wait(10)
+        while evaluation_id == "slow" and not should_stop():
+            time.sleep(0.01)
+        return judge.JudgeSummary(judged=1, stopped=should_stop())
+
+    events: list[tuple[str, str]] = []
+    store_ = SimpleNamespace(append_event=lambda eid, level, message, **f: events.append((eid, message)))
+    tracker = judging.JudgeJobs(judge=fake_judge)
+    tracker.start(store_, "slow")
+    assert _wait(lambda: tracker.state("slow").total == 4)
+    running = tracker.state("slow")
+    assert running.active and running.fraction == 0.25 and running.progress_label == "x: 1 / 4 judgements"
+    assert tracker.start(store_, "slow").status == "running"  # already active: not started twice
+    tracker.start(store_, "broken")
+    assert tracker.state("broken").status == "waiting" and tracker.busy  # one job at a time
+    assert "waiting" in tracker.state("broken").progress_label
+    release.set()
+    tracker.stop("slow")
+    tracker.wait()
+    assert tracker.state("slow").status == "stopped"
+    assert (
+        tracker.state("broken").status == "failed" and "no judge configured" in tracker.state("broken").error
+    )
+    tracker.start(store_, "bug")
+    tracker.wait("bug")
+    error = tracker.state("bug").error
+    assert "unexpected RuntimeError" in error and "secret" not in error
+    assert calls == ["slow", "broken", "bug"] and events == [("slow", "judge x: loading")]
+    assert tracker.state("nothing") is None and not tracker.busy
+    tracker.shutdown()

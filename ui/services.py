@@ -18,14 +18,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
-from storybench_core import catalog, jobs, paths
+from storybench_core import catalog, jobs, pairwise, paths, results
+from storybench_core.config import ModelSpec
 from storybench_core.hardware import HardwareSnapshot, hardware_snapshot
 from storybench_core.logs import setup_logging
 from storybench_core.store.base import Doc, Store
 from storybench_core.store.factory import configured_uri, open_store
 from storybench_core.views import configure as configure_view
+from storybench_core.views.judging import JudgeJobs, JudgeJobState
 from storybench_core.views.models import DownloadTracker
 
 DISABLE_WORKER_ENV = "STORYBENCH_DISABLE_WORKER"
@@ -83,6 +86,25 @@ def _downloads(location: str) -> DownloadTracker:
 def downloads() -> DownloadTracker:
     """The process-wide model download tracker."""
     return _downloads(str(paths.models_dir()))
+
+
+def _stop_judging(jobs_: JudgeJobs) -> None:
+    jobs_.shutdown(timeout=5.0)
+
+
+@st.cache_resource(show_spinner=False, on_release=_stop_judging)
+def _judge_jobs(location: str) -> JudgeJobs:
+    return JudgeJobs()
+
+
+def judge_jobs() -> JudgeJobs:
+    """The process-wide 'Judge now' tracker: its own thread and model pool, one job at a time."""
+    return _judge_jobs(store_location())
+
+
+def judge_now(evaluation_id: str, judge_spec: ModelSpec | None, label: str = "") -> JudgeJobState:
+    """Start judging an evaluation in the background (None: its configured judges)."""
+    return judge_jobs().start(store(), evaluation_id, judge_spec, label)
 
 
 # --- cached reads ---------------------------------------------------------------------
@@ -153,7 +175,58 @@ def cached_models() -> list[Any]:
     return _cached_models(str(paths.storybench_home()))
 
 
+@st.cache_data(ttl=2.0, show_spinner=False)
+def _scores(location: str, evaluation_id: str) -> pd.DataFrame:
+    return results.responses_frame(store(), evaluation_id)
+
+
+def scores(evaluation_id: str) -> pd.DataFrame:
+    """One evaluation's responses joined with their judgements (results.responses_frame)."""
+    return _scores(store_location(), evaluation_id)
+
+
+@st.cache_data(ttl=30.0, show_spinner=False)
+def _text_metrics(location: str, evaluation_id: str) -> pd.DataFrame:
+    return results.text_metrics_frame(results.responses_frame(store(), evaluation_id, include_text=True))
+
+
+def text_metrics(evaluation_id: str) -> pd.DataFrame:
+    """Words, distinct-n, repeated 4-grams and stock phrases per response of one evaluation."""
+    return _text_metrics(store_location(), evaluation_id)
+
+
+@st.cache_data(ttl=10.0, show_spinner=False)
+def _pairwise(location: str, evaluation_id: str) -> pairwise.PairwiseReport:
+    return pairwise.pairwise_report(store(), evaluation_id)
+
+
+def pairwise_report(evaluation_id: str) -> pairwise.PairwiseReport:
+    """Pairwise ratings per judge and for the team votes, position bias, human agreement."""
+    return _pairwise(store_location(), evaluation_id)
+
+
+@st.cache_data(ttl=5.0, show_spinner=False)
+def _compare(
+    location: str, evaluation_id: str, sequence: str, prompt_index: int, run: int, models: tuple[str, ...]
+) -> pd.DataFrame:
+    return results.compare_frame(store(), evaluation_id, sequence, prompt_index, run, list(models))
+
+
+def compare(
+    evaluation_id: str, sequence: str, prompt_index: int, run: int, models: tuple[str, ...]
+) -> pd.DataFrame:
+    """Several models' responses to one prompt, with scores and justifications (results.compare_frame)."""
+    return _compare(store_location(), evaluation_id, sequence, prompt_index, run, models)
+
+
 def refresh_after_write() -> None:
     """Drop cached reads a write may have changed, so this session sees it at once."""
     for cached in (_evaluations, _responses, _response, _saved_configs, _cached_models):
+        cached.clear()
+    refresh_scores()
+
+
+def refresh_scores() -> None:
+    """Drop the cached score reads (after judging)."""
+    for cached in (_scores, _text_metrics, _pairwise, _compare):
         cached.clear()
