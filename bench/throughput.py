@@ -30,7 +30,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--sequences", default="film,thriller")
-    ap.add_argument("--repeat", type=int, default=2, help="alternate bare/runner this many times; best of each")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="alternate bare/runner this many times; best of each"
+    )
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
@@ -101,7 +103,9 @@ def main() -> int:
     print(f"  bare llama-cpp-python loop : {best_bare:6.1f} tok/s  (runs: {_fmt(bare_rates)})")
     print(f"  storybench runner + SQLite : {best_runner:6.1f} tok/s  (runs: {_fmt(runner_rates)})")
     print(f"  ratio runner / bare        : {best_runner / best_bare:6.3f}  (target ≥ 0.95)")
-    print(f"  median ratio               : {statistics.median(runner_rates) / statistics.median(bare_rates):6.3f}")
+    print(
+        f"  median ratio               : {statistics.median(runner_rates) / statistics.median(bare_rates):6.3f}"
+    )
     print()
     print("prefix reuse (last runner pass): prompt tokens sent vs evaluated per turn")
     for seq in sorted({d["sequence"] for d in docs}):

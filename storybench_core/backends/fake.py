@@ -20,7 +20,31 @@ from typing import Any
 from ..errors import ModelError
 from .base import BatchTokenCallback, Completion, GenerationSettings, Message, TokenCallback
 
-_VOCAB = ["the", "lantern", "river", "city", "archive", "signal", "winter", "glass", "engine", "whisper", "orchard", "border", "ferry", "memory", "storm", "clockwork", "harbour", "silence", "mirror", "desert", "courier", "relay", "ember"]
+_VOCAB = [
+    "the",
+    "lantern",
+    "river",
+    "city",
+    "archive",
+    "signal",
+    "winter",
+    "glass",
+    "engine",
+    "whisper",
+    "orchard",
+    "border",
+    "ferry",
+    "memory",
+    "storm",
+    "clockwork",
+    "harbour",
+    "silence",
+    "mirror",
+    "desert",
+    "courier",
+    "relay",
+    "ember",
+]
 
 
 class FakeBackend:
