@@ -23,13 +23,16 @@ a plain transcript ourselves and record "plain-transcript":
     ### Response:
 
 Generation stops at the next "### Instruction:" / "### Response:" marker.
-This Alpaca-style layout is common in web text, so even a small base model
-reads it as "a brief, then its answer". Measured on the bundled model (the
-first prompt of each catalog sequence, 4 seeds, 80 tokens, temperature 0.8):
-it kept the most prompt keywords of the layouts tried ("### Brief / ###
-Response", "User: / Writer:", "Question: / Answer:", an editor/writer
-transcript, Gemma's own turn tokens); "User:/Writer:" drifted into
-autobiography. `options.chat_format = "plain-transcript"` forces it for any model.
+Alpaca-style headings are common in web text, so even a small base model
+reads them as "a brief, then its answer". Measured on the bundled model (the
+first prompt of each of the 5 catalog sequences × 4 seeds, 80 tokens,
+temperature 0.8; score = share of the brief's content words in the reply, 0
+for a reply that copies the brief): this layout 0.13; "### Brief/###
+Response" 0.11; an editor/writer transcript 0.11; "Question:/Answer:" 0.08;
+the same layout under Alpaca's "Below is an instruction..." preamble 0.07;
+Gemma's own <start_of_turn> tokens 0.05; "User:/Writer:" 0.03 (it drifts
+into autobiography). A 270M base model stays weak whatever the layout.
+`options.chat_format = "plain-transcript"` forces this layout for any model.
 
 Accounting. We hand llama.cpp the token list ourselves, so `prompt_tokens` is
 exact; a thin `Llama` subclass observes the first `eval` of each call (the
@@ -44,7 +47,7 @@ import gc
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -55,7 +58,7 @@ from llama_cpp import Llama, LlamaGrammar
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import ConfigError, ContextOverflowError, ModelError, ModelFileError
-from .base import Completion, GenerationSettings, Message, TokenCallback
+from .base import BatchTokenCallback, Completion, GenerationSettings, Message, TokenCallback
 
 if TYPE_CHECKING:
     from ..config import GenerationSettingsConfig, ModelSpec
@@ -88,7 +91,9 @@ class PromptTemplate:
 PLAIN_TRANSCRIPT_TEMPLATE = PromptTemplate(name=PLAIN_TRANSCRIPT, stop=(INSTRUCTION_MARKER, RESPONSE_MARKER))
 
 
-def choose_template(info: GGUFInfo, chat_format: str = "auto", bos_token: str = "", eos_token: str = "") -> PromptTemplate:
+def choose_template(
+    info: GGUFInfo, chat_format: str = "auto", bos_token: str = "", eos_token: str = ""
+) -> PromptTemplate:
     """The GGUF's own template when it has one (and it is wanted), else the plain transcript."""
     if chat_format not in CHAT_FORMATS:
         raise ConfigError(
@@ -128,7 +133,11 @@ def _plain_transcript(messages: Sequence[Message]) -> str:
             parts.append(f"{INSTRUCTION_MARKER}\n{content.strip()}\n\n")
         elif role == "assistant":
             # A trailing assistant message is a prefill the model continues as is.
-            parts.append(f"{RESPONSE_MARKER}\n{content.lstrip()}" if i == last else f"{RESPONSE_MARKER}\n{content.strip()}\n\n")
+            parts.append(
+                f"{RESPONSE_MARKER}\n{content.lstrip()}"
+                if i == last
+                else f"{RESPONSE_MARKER}\n{content.strip()}\n\n"
+            )
         else:
             raise ModelError(f"message {i + 1} has role {role!r}; expected system, user or assistant")
     if not messages or messages[-1]["role"] != "assistant":
@@ -198,7 +207,13 @@ class GenerationMeter:
         self.sampled.append(token)
 
     def finish(
-        self, text: str, finish_reason: str, template: str, *, is_eog: bool, extra: dict[str, Any] | None = None
+        self,
+        text: str,
+        finish_reason: str,
+        template: str,
+        *,
+        is_eog: bool,
+        extra: dict[str, Any] | None = None,
     ) -> Completion:
         """A Completion; `is_eog`: the last sampled token ended the turn (not part of the text)."""
         ended_s = time.perf_counter()
@@ -206,7 +221,9 @@ class GenerationMeter:
         first_token_s = None if self.first_token_at_s is None else self.first_token_at_s - self.started_s
         extra = dict(extra or {})
         if self.first_token_at_s is not None and completion_tokens > 1:
-            extra["decode_tokens_per_s"] = round((completion_tokens - 1) / max(ended_s - self.first_token_at_s, 1e-9), 2)
+            extra["decode_tokens_per_s"] = round(
+                (completion_tokens - 1) / max(ended_s - self.first_token_at_s, 1e-9), 2
+            )
         return Completion(
             text=text,
             finish_reason=finish_reason,
@@ -231,6 +248,19 @@ class _MeteredLlama(Llama):
 
     meter: GenerationMeter | None = None
 
+    # llama.cpp's repacked CPU kernels (Q4_K "8x8" tensors) round differently with the number
+    # of tokens in a decode call, so a run's text at temperature 0 would depend on what else was
+    # batched with it and on what the cache held before (backends/llama_batch.py). Llama has no
+    # argument for it: turn them off as Llama.__init__ builds its model params.
+    @property
+    def model_params(self) -> Any:
+        return self._model_params
+
+    @model_params.setter
+    def model_params(self, params: Any) -> None:
+        params.use_extra_bufts = False
+        self._model_params = params
+
     def eval(self, tokens: Sequence[int]) -> None:
         if self.meter is not None:
             self.meter.on_eval(len(tokens))
@@ -250,7 +280,7 @@ class LlamaBackend:
     """One loaded GGUF model: chat with streaming, prefix reuse, grammars for JSON schemas."""
 
     supports_json_schema = True
-    supports_batch = False
+    supports_batch = True  # chat_batch: backends/llama_batch.py
 
     def __init__(
         self,
@@ -331,11 +361,28 @@ class LlamaBackend:
         is_eog = last is not None and bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, last))
         return meter.finish("".join(pieces), finish_reason, self.template.name, is_eog=is_eog, extra=extra)
 
+    def chat_batch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        settings: Sequence[GenerationSettings],
+        on_token: BatchTokenCallback | None = None,
+        on_done: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
+        """Generate one turn of several conversations together (backends/llama_batch.py)."""
+        from .llama_batch import chat_batch
+
+        return chat_batch(self, conversations, settings, on_token, on_done)
+
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return len(self.tokenize_prompt(messages))
 
     def context_size(self) -> int:
         return self._n_ctx
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        """Tokens llama.cpp holds in its KV cache now (the prefix the next call may reuse)."""
+        return int(self._loaded().n_tokens)
 
     def close(self) -> None:
         llm, self._llm = self._llm, None
@@ -379,7 +426,9 @@ class LlamaBackend:
             llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
         )
         if not sampler:
-            raise ModelError("llama.cpp rejected the grammar built from the judge's JSON schema — simplify the schema")
+            raise ModelError(
+                "llama.cpp rejected the grammar built from the judge's JSON schema — simplify the schema"
+            )
         llama_cpp.llama_sampler_free(sampler)
 
     def _check_fits(self, n_prompt: int) -> None:
