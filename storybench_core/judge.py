@@ -71,7 +71,14 @@ def rubric_schema(rubric: Rubric, justification_chars: int | None = None) -> dic
     item = {
         "type": "object",
         "properties": {
-            "score": {"type": "integer", "minimum": rubric.scale_min, "maximum": rubric.scale_max},
+            # The enum, not just minimum/maximum: llama-cpp-python's schema-to-grammar converter
+            # ignores integer bounds, so only an enum keeps a local judge inside the scale.
+            "score": {
+                "type": "integer",
+                "minimum": rubric.scale_min,
+                "maximum": rubric.scale_max,
+                "enum": list(range(rubric.scale_min, rubric.scale_max + 1)),
+            },
             "justification": justification,
         },
         "required": ["score", "justification"],

@@ -106,8 +106,18 @@ def test_schema_is_built_from_the_rubric(rubric):
         "type": "integer",
         "minimum": rubric.scale_min,
         "maximum": rubric.scale_max,
+        "enum": [1, 2, 3, 4, 5],
     }
     assert item["properties"]["justification"]["maxLength"] == 120
+
+
+def test_schema_grammar_keeps_scores_inside_the_scale(rubric):
+    """llama-cpp-python ignores integer bounds when it builds a grammar; the enum must be there."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    grammar = LlamaGrammar.from_json_schema(json.dumps(judge.rubric_schema(rubric)), verbose=False)
+    text = grammar._grammar
+    assert '"1" | "2" | "3" | "4" | "5"' in text
 
 
 def test_justification_cap_keeps_a_full_answer_inside_max_tokens():
