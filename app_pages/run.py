@@ -116,7 +116,7 @@ def live() -> None:
     st.progress(view.fraction, text=view.progress_label)
     tasks, speed, elapsed, eta = st.columns(4)
     tasks.metric("Tasks done", f"{view.done + view.failed} / {view.total}")
-    speed.metric("Tokens/s", f"{view.tokens_per_s:.1f}" if view.tokens_per_s is not None else "—")
+    speed.metric(view.speed_label, f"{view.tokens_per_s:.1f}" if view.tokens_per_s is not None else "—")
     elapsed.metric("Elapsed", run_view.format_duration(view.elapsed_s))
     eta.metric("Remaining (est.)", run_view.format_duration(view.eta_s))
     actions(view)
@@ -124,6 +124,8 @@ def live() -> None:
         st.error(view.error, icon=":material/error:")
     if view.current_label:
         st.caption(("Now writing: " if view.is_live else "Last task: ") + view.current_label)
+    if view.is_live and view.per_run_speed:
+        st.caption(view.per_run_speed)
     if view.is_live and view.partial_text:
         with st.container(height=220, border=True, autoscroll=True):
             st.text(view.partial_text)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from . import catalog
+from . import batch_runner, catalog
 from .backends.base import Completion, GenerationSettings, Message, ModelBackend
 from .backends.registry import create_backend
 from .config import GenerationSettingsConfig, ModelSpec, RunConfig
@@ -220,8 +220,13 @@ class Runner:
                             summary.failed += 1
                 continue
             try:
-                for conv in todo:
-                    self._conversation(eid, spec, backend, conv, config, done, summary)
+                # Runs of one sequence decoded together when the backend can (batch_runner.py).
+                width = batch_runner.width_for(self, spec, backend, config.generation, todo)
+                if width > 1:
+                    batch_runner.run_batched(self, eid, spec, backend, todo, config, done, summary, width)
+                else:
+                    for conv in todo:
+                        self._conversation(eid, spec, backend, conv, config, done, summary)
             except StopRequested:
                 summary.stopped = True
                 break

@@ -354,9 +354,92 @@ def test_no_judge_configured_is_a_clear_error(store):
 
 def test_stop_between_judgements(store):
     eid = stored_run(store)
-    calls = iter([False, False, True])
-    summary = judge.judge_evaluation(store, eid, should_stop=lambda: next(calls))
+    # One judgement at a time (parallel_runs 1): stop is asked before each one.
+    one_at_a_time = make_config().generation.model_copy(update={"parallel_runs": 1})
+    summary = judge.judge_evaluation(
+        store, eid, generation=one_at_a_time, should_stop=lambda: len(store.list_judgements(eid)) >= 2
+    )
     assert summary.stopped and summary.judged == 2
+    assert any("4 judgement(s) left" in e["message"] for e in store.list_events(eid))
+
+
+class BatchRecorder(FakeBackend):
+    """A fake judge that records the size of every chat_batch call (fast-test stand-in for the
+    llama.cpp batch path, which tests/backends/test_llama_batch.py runs on the real model)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.batch_sizes = []
+
+    def chat_batch(self, conversations, settings, on_token=None, on_done=None):
+        self.batch_sizes.append(len(conversations))
+        return super().chat_batch(conversations, settings, on_token, on_done)
+
+
+def test_judge_batch_gives_the_judgements_one_at_a_time_gives(rubric):
+    responses = [response_doc(id=f"r{i}", response=f"Story number {i}.") for i in range(3)]
+    cfg = JudgeConfig(max_retries=1)
+    batched = judge.judge_batch(BatchRecorder(), "j", [(r, 1) for r in responses], rubric, cfg)
+    single = [judge.judge_response(FakeBackend(), "j", r, rubric, cfg, 1) for r in responses]
+    keep = ("response_id", "scores", "overall", "seed", "retries", "error", "raw_output")
+    assert [{k: d[k] for k in keep} for d in batched] == [{k: d[k] for k in keep} for d in single]
+    assert all(d["error"] is None for d in batched)
+
+
+def test_judge_batch_retries_only_the_answers_that_could_not_be_used(rubric):
+    def reply(messages, settings):
+        bad_once = "Story B" in messages[1]["content"] and len(messages) == 2
+        return "not json at all" if bad_once else valid_answer(rubric, 3)
+
+    backend = BatchRecorder(reply=reply)
+    items = [(response_doc(id=k, response=f"Story {k}."), 1) for k in "ABC"]
+    docs = judge.judge_batch(backend, "j", items, rubric, JudgeConfig(max_retries=2))
+    assert backend.batch_sizes == [3, 1]
+    assert [d["retries"] for d in docs] == [0, 1, 0] and all(d["overall"] == 3 for d in docs)
+    assert docs[1]["invalid_outputs"] == ["not json at all"]
+
+
+def test_judge_batch_records_a_failed_call_as_a_failed_judgement(rubric):
+    backend = BatchRecorder(fail_on="=== RUBRIC ===")
+    docs = judge.judge_batch(
+        backend,
+        "j",
+        [(response_doc(id="x"), 1), (response_doc(id="y"), 1)],
+        rubric,
+        JudgeConfig(max_retries=1),
+    )
+    assert backend.batch_sizes == [2, 2]
+    assert all(d["scores"] is None and "judge model failed" in d["error"] for d in docs)
+
+
+def test_judge_evaluation_sends_judgements_in_batches(store):
+    eid = stored_run(store)
+    backends = []
+
+    def factory(spec, gen):
+        backends.append(BatchRecorder())
+        return backends[-1]
+
+    summary = judge.judge_evaluation(store, eid, pool=ModelPool(factory))
+    assert summary.judged == 6 and backends[0].batch_sizes == [6]
+    assert any("6 judgements at a time" in e["message"] for e in store.list_events(eid))
+    # generation.parallel_runs caps the width, as it does for the runs.
+    capped = make_config().generation.model_copy(update={"parallel_runs": 4})
+    second = ModelSpec(kind="fake", name="second-judge")
+    judge.judge_evaluation(store, eid, second, pool=ModelPool(factory), generation=capped)
+    assert backends[1].batch_sizes == [4, 2]
+
+
+def test_stop_inside_a_batch_of_judgements(store):
+    eid = stored_run(store)
+    seen = []
+
+    def factory(spec, gen):
+        return BatchRecorder(reply=lambda m, s: seen.append(1) or "still thinking " * 50)
+
+    summary = judge.judge_evaluation(store, eid, pool=ModelPool(factory), should_stop=lambda: bool(seen))
+    assert summary.stopped and summary.judged == 0 and store.list_judgements(eid) == []
+    assert any("6 judgement(s) left" in e["message"] for e in store.list_events(eid))
 
 
 # --- auto_evaluate ---------------------------------------------------------------------------

@@ -55,3 +55,32 @@ def test_bundled_model_judges_a_small_run_with_schema_constrained_output(bundled
         pool.release()
         store.close()
     print(f"3 responses generated and judged in {time.monotonic() - started:.0f} s")
+
+
+def test_bundled_judge_scores_many_responses_through_the_batch_path(bundled_model, tmp_path):
+    """`storybench judge` on stored responses: the local judge decodes them together (llama_batch.py)."""
+    config = parse_config(
+        {
+            "models": [{"kind": "bundled"}],
+            "sequences": ["film"],
+            "generation": {"runs": 1, "max_tokens": 16, "n_ctx": 4096, "temperature": 0.7},
+            "judge": {"model": {"kind": "bundled"}, "max_tokens": 300, "max_retries": 1},
+        }
+    )
+    store = SQLiteStore(tmp_path / "batch-judge.db")
+    pool = ModelPool()
+    try:
+        eid = jobs.enqueue(store, config)
+        assert jobs.Worker(store, pool=pool).run_once()
+        summary = judge.judge_evaluation(store, eid, pool=pool)
+        assert (summary.judged, summary.failed) == (3, 0)
+        assert any("3 judgements at a time" in e["message"] for e in store.list_events(eid))
+        rubric = catalog.load_rubric()
+        for j in store.list_judgements(eid):
+            assert j["error"] is None and set(j["scores"]) == set(rubric.criterion_ids)
+            assert all(rubric.scale_min <= v["score"] <= rubric.scale_max for v in j["scores"].values())
+        # Three different responses, three separate judgements (no cross-talk between sequences).
+        assert len({j["response_id"] for j in store.list_judgements(eid)}) == 3
+    finally:
+        pool.release()
+        store.close()

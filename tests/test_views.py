@@ -37,7 +37,8 @@ def fake_config(**generation):
         {
             "name": "views",
             "models": [
-                {"kind": "fake", "name": "short", "options": {"words": 10}},
+                # delay_s: stored generation times are rounded to 0.1 ms; keep them above zero.
+                {"kind": "fake", "name": "short", "options": {"words": 10, "delay_s": 0.001}},
                 {"kind": "fake", "name": "long", "options": {"words": 40}},
             ],
             "sequences": ["film"],
@@ -80,6 +81,22 @@ def test_run_view_progress_elapsed_and_eta():
     assert view.elapsed_s == 40 and view.eta_s == pytest.approx(60)  # 10 s per task, 6 to go
     assert view.current_label == "short · film · run 2 · prompt 2 (scene)"
     assert view.tokens_per_s == 12.5 and view.partial_text == "Once" and view.is_live
+
+
+def test_run_view_of_a_batch_shows_the_aggregate_and_each_runs_speed():
+    progress = evaluation()["progress"] | {
+        "tokens_per_s": 40.0,
+        "aggregate_tokens_per_s": 41.5,
+        "batch_width": 3,
+        "batch_runs": [1, 2, 3],
+        "run_tokens_per_s": {"1": 14.0, "2": 13.5, "3": 14.0},
+    }
+    view = run.run_view(evaluation(progress=progress), now=T0 + timedelta(seconds=40))
+    assert view.tokens_per_s == 41.5 and view.speed_label == "Tokens/s (3 runs together)"
+    assert view.current_label == "short · film · runs 1, 2, 3 together · prompt 2 (scene)"
+    assert view.per_run_speed == "per run: run 1: 14.0 · run 2: 13.5 · run 3: 14.0 tok/s"
+    single = run.run_view(evaluation(), now=T0 + timedelta(seconds=40))
+    assert single.speed_label == "Tokens/s" and single.per_run_speed == "" and single.batch_width == 1
 
 
 def test_run_view_of_finished_and_queued_evaluations():

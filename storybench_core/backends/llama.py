@@ -47,7 +47,7 @@ import gc
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -58,7 +58,7 @@ from llama_cpp import Llama, LlamaGrammar
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import ConfigError, ContextOverflowError, ModelError, ModelFileError
-from .base import Completion, GenerationSettings, Message, TokenCallback
+from .base import BatchTokenCallback, Completion, GenerationSettings, Message, TokenCallback
 
 if TYPE_CHECKING:
     from ..config import GenerationSettingsConfig, ModelSpec
@@ -280,7 +280,7 @@ class LlamaBackend:
     """One loaded GGUF model: chat with streaming, prefix reuse, grammars for JSON schemas."""
 
     supports_json_schema = True
-    supports_batch = False  # batched decoding (issue 8) has not landed yet
+    supports_batch = True  # chat_batch: backends/llama_batch.py
 
     def __init__(
         self,
@@ -360,6 +360,18 @@ class LlamaBackend:
         last = meter.sampled[-1] if meter.sampled else None
         is_eog = last is not None and bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, last))
         return meter.finish("".join(pieces), finish_reason, self.template.name, is_eog=is_eog, extra=extra)
+
+    def chat_batch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        settings: Sequence[GenerationSettings],
+        on_token: BatchTokenCallback | None = None,
+        on_done: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
+        """Generate one turn of several conversations together (backends/llama_batch.py)."""
+        from .llama_batch import chat_batch
+
+        return chat_batch(self, conversations, settings, on_token, on_done)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return len(self.tokenize_prompt(messages))

@@ -23,6 +23,7 @@ import time
 import tomllib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -32,9 +33,17 @@ from typing import Any
 import openai
 
 from ..config import GenerationSettingsConfig, ModelSpec
-from ..errors import ApiError, ApiTimeoutError, AuthError, ConfigError, RateLimitError, StopRequested
+from ..errors import (
+    ApiError,
+    ApiTimeoutError,
+    AuthError,
+    ConfigError,
+    RateLimitError,
+    StopRequested,
+    StorybenchError,
+)
 from ..logs import mask_secrets
-from .base import Completion, GenerationSettings, Message, TokenCallback
+from .base import BatchTokenCallback, Completion, GenerationSettings, Message, TokenCallback
 from .presets import preset_of
 
 log = logging.getLogger(__name__)
@@ -365,7 +374,7 @@ class OpenAIBackend:
     """Streams chat completions from one model on an OpenAI-compatible endpoint."""
 
     supports_json_schema = True
-    supports_batch = False
+    supports_batch = True  # chat_batch: the runs sent concurrently, within the endpoint's limits
 
     def __init__(
         self,
@@ -437,6 +446,63 @@ class OpenAIBackend:
             completion.extra["attempts"] = attempt + 1
             completion.extra["retry_wait_s"] = round(waited, 3)
             return completion
+
+    def chat_batch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        settings: Sequence[GenerationSettings],
+        on_token: BatchTokenCallback | None = None,
+        on_done: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
+        """Send every conversation at once from a thread pool; `chat`'s gate, rate limit and retries apply.
+
+        Callbacks run one at a time: on_token under a lock, on_done in the calling
+        thread as each request finishes. A request that fails for good gives a
+        Completion with finish_reason "error" (extra["error"]) and the others go on.
+        StopRequested from a callback closes every open stream and propagates.
+        """
+        if len(conversations) != len(settings):
+            raise ApiError(f"{len(conversations)} conversations but {len(settings)} generation settings")
+        results: list[Completion | None] = [None] * len(conversations)
+        if not conversations:
+            return []
+        lock = threading.Lock()
+        stopping = threading.Event()
+
+        def one(i: int) -> Completion:
+            def piece(text: str) -> None:
+                if stopping.is_set():
+                    raise StopRequested()
+                if on_token is not None:
+                    with lock:
+                        on_token(i, text)
+
+            if stopping.is_set():
+                raise StopRequested()
+            try:
+                return self.chat(conversations[i], settings[i], piece)
+            except StorybenchError as exc:
+                return Completion("", "error", 0, 0, 0.0, template="api", extra={"error": str(exc)})
+
+        workers = min(len(conversations), self.spec.max_concurrency)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="storybench-api") as pool:
+            pending: dict[Future[Completion], int] = {
+                pool.submit(one, i): i for i in range(len(conversations))
+            }
+            try:
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        i = pending.pop(future)
+                        results[i] = future.result()  # StopRequested or a bug propagates from here
+                        if on_done is not None:
+                            on_done(i, results[i])  # type: ignore[arg-type]
+            except BaseException:
+                stopping.set()  # open streams end at their next piece; queued requests never start
+                for future in pending:
+                    future.cancel()
+                raise
+        return [r for r in results if r is not None]
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Approximate (see approx_tokens): the endpoint's tokenizer is not available here."""

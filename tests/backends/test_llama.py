@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,7 @@ BRIEFS = [
 
 
 @pytest.fixture
-def backend(bundled_model: Path) -> LlamaBackend:
+def backend(bundled_model: Path) -> Iterator[LlamaBackend]:
     loaded = create_llama_backend(ModelSpec(kind="bundled"), _generation(n_ctx=2048, max_tokens=64))
     yield loaded
     loaded.close()
