@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: setup setup-dev run worker test test-fast lint format bench rebuild-llama clean
+.PHONY: setup setup-dev run worker test test-fast lint format bench bench-batched rebuild-llama clean
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,11 @@ format:
 
 bench: setup
 	$(PY) bench/throughput.py
+
+## Batched vs sequential generation, then against llama.cpp's llama-server -np 3 (built on first use).
+bench-batched: setup
+	$(PY) bench/batched.py
+	$(PY) bench/batched.py --widths 3 --skip-local --llama-server "$$(bash bench/llama_server.sh)"
 
 ## Rebuild llama-cpp-python from source with this machine's flags (AMX off), ignoring pip's wheel cache.
 rebuild-llama: setup

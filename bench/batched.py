@@ -20,10 +20,13 @@ tokens sent vs evaluated per turn (prefix reuse).
 after another) for a side-by-side figure; --start-server starts
 llama-cpp-python's own server (`python -m llama_cpp.server`) on a free
 loopback port for it. That server runs one request at a time, so its
-"concurrent" figure is a queue, not llama.cpp's parallel slots
-(`llama-server -np 3`, 87 tok/s on this kind of machine per FACTS.md).
+"concurrent" figure is a queue, not llama.cpp's parallel slots.
+--llama-server PATH starts llama.cpp's own `llama-server` (built from the
+installed llama-cpp-python's sources by bench/llama_server.sh) with one slot
+per run (`-np`), the target the batched path is measured against.
 
     .venv/bin/python bench/batched.py [--widths 1,2,3,4,8] [--max-tokens 64] [--repeat 2]
+    .venv/bin/python bench/batched.py --widths 3 --llama-server "$(bash bench/llama_server.sh)"
     .venv/bin/python bench/batched.py --widths 3 --start-server
     .venv/bin/python bench/batched.py --widths 3 --server http://127.0.0.1:8080/v1
 """
@@ -58,6 +61,7 @@ class Measurement:
     prompt_sent: dict[int, int]
     prompt_evaluated: dict[int, int | None]
     batch_widths: set[Any]
+    texts: dict[tuple[int, int], str] = dataclasses.field(default_factory=dict)  # (run, prompt) -> text
 
     @property
     def tokens_per_s(self) -> float:
@@ -136,6 +140,7 @@ def measure(store: Any, config: Any, backend: Any, before: Callable[[], None] = 
         sent,
         evaluated,
         {d.get("batch_width") for d in docs},
+        {(d["run"], d["prompt_index"]): d["response"] for d in docs},
     )
 
 
@@ -148,18 +153,10 @@ def local_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]]:
     from storybench_core.backends.llama_batch import decoder_for
     from storybench_core.config import GenerationSettingsConfig, ModelSpec
 
-    options = {"n_threads": args.threads} if args.threads else {}
+    options: dict[str, Any] = {"n_threads": args.threads} if args.threads else {}
+    if args.flash_attn:
+        options["flash_attn"] = True
     model = {"kind": "bundled", "options": options}
-    if args.flash_attn:  # an experiment for both paths: storybench loads without flash attention
-        from storybench_core.backends import llama as llama_module
-
-        plain = llama_module._MeteredLlama
-
-        class WithFlashAttention(plain):  # type: ignore[misc, valid-type]
-            def __init__(self, *a: Any, **k: Any) -> None:
-                super().__init__(*a, flash_attn=True, **k)
-
-        llama_module._MeteredLlama = WithFlashAttention  # type: ignore[misc]
     backend = create_llama_backend(ModelSpec(**model), GenerationSettingsConfig(n_ctx=args.n_ctx))
     print(f"model: {backend.name} — {backend.load_note}")
     if not args.natural_stops:
@@ -182,10 +179,13 @@ def local_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]]:
             assert seq is not None and bat is not None
             if seq.completion_tokens != bat.completion_tokens:
                 print(f"note: width {width}: {seq.completion_tokens} vs {bat.completion_tokens} tokens")
-            rows.append({"width": width, "sequential": seq, "batched": bat})
+            # Same seeds and numbers: both paths must have written the same texts.
+            same = sum(bat.texts.get(key) == text for key, text in seq.texts.items())
+            rows.append({"width": width, "sequential": seq, "batched": bat, "same": (same, len(seq.texts))})
             print(
                 f"  width {width}: sequential {seq.tokens_per_s:6.1f} tok/s, batched {bat.tokens_per_s:6.1f} tok/s "
-                f"(× {bat.tokens_per_s / seq.tokens_per_s:.2f}), {bat.completion_tokens} tokens each",
+                f"(× {bat.tokens_per_s / seq.tokens_per_s:.2f}), {bat.completion_tokens} tokens each, "
+                f"same texts {same}/{len(seq.texts)}",
                 flush=True,
             )
     finally:
@@ -205,7 +205,6 @@ def llama_cpp_server(args: argparse.Namespace) -> Iterator[str]:
     from storybench_core.bundled import ensure_bundled_model
 
     port = free_port()
-    log_path = Path(tempfile.gettempdir()) / f"storybench-bench-server-{port}.log"
     command = [
         sys.executable,
         "-m",
@@ -227,8 +226,43 @@ def llama_cpp_server(args: argparse.Namespace) -> Iterator[str]:
     snapshot = hardware_snapshot(cpu_sample_s=0)
     threads = str(args.threads or snapshot.cpu_count_physical or os.cpu_count() or 1)
     command += ["--n_threads", threads, "--n_threads_batch", threads]
-    if args.flash_attn:
-        command += ["--flash_attn", "true"]
+    command += ["--flash_attn", "true" if args.flash_attn else "false"]
+    yield from _serve(command, port, "llama_cpp.server")
+
+
+@contextmanager
+def llama_server_binary(args: argparse.Namespace) -> Iterator[str]:
+    """llama.cpp's llama-server with one slot per run of the widest width, on a free loopback port.
+
+    Each slot gets n_ctx tokens, the threads match storybench's, and --swa-full gives it the
+    same full sliding-window cache storybench uses (without it Gemma 3's cached prefixes
+    cannot be reused and every turn would re-process the whole conversation).
+    """
+    from storybench_core.bundled import ensure_bundled_model
+    from storybench_core.hardware import hardware_snapshot
+
+    slots = max(args.widths)
+    threads = str(args.threads or hardware_snapshot(cpu_sample_s=0).cpu_count_physical or os.cpu_count() or 1)
+    port = free_port()
+    command = [
+        args.llama_server,
+        "-m", str(ensure_bundled_model()),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "-np", str(slots),
+        "-c", str(args.n_ctx * slots),
+        "-t", threads,
+        "-tb", threads,
+        "--swa-full",
+        "--alias", "bundled",
+    ]  # fmt: skip
+    command += ["-fa", "on" if args.flash_attn else "off"]
+    yield from _serve(command, port, "llama-server")
+
+
+def _serve(command: list[str], port: int, label: str) -> Iterator[str]:
+    """Start a server process, wait until /v1/models answers, yield its URL, stop it."""
+    log_path = Path(tempfile.gettempdir()) / f"storybench-bench-server-{port}.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
@@ -241,9 +275,9 @@ def llama_cpp_server(args: argparse.Namespace) -> Iterator[str]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"llama_cpp.server did not start; see {log_path}") from None
+                    raise SystemExit(f"{label} did not start; see {log_path}") from None
                 time.sleep(0.5)
-        print(f"started llama-cpp-python's server at {url} (log: {log_path})")
+        print(f"started {label} at {url} (log: {log_path})")
         yield url
     finally:
         proc.terminate()
@@ -291,14 +325,16 @@ def server_rows(args: argparse.Namespace, store: Any, url: str) -> list[dict[str
 def print_table(title: str, rows: list[dict[str, Any]], batched_label: str) -> None:
     print(f"\n{title}")
     print(
-        f"{'runs':>4}  {'sequential tok/s':>16}  {batched_label + ' tok/s':>16}  {'ratio':>6}  {'tokens':>6}  {'wall s (seq/batch)':>18}"
+        f"{'runs':>4}  {'sequential tok/s':>16}  {batched_label + ' tok/s':>16}  {'ratio':>6}  {'tokens':>6}  "
+        f"{'wall s (seq/batch)':>18}  same texts"
     )
     for row in rows:
         s, b = row["sequential"], row["batched"]
+        same = "{}/{}".format(*row["same"]) if "same" in row else "n/a"
         print(
             f"{row['width']:>4}  {s.tokens_per_s:>16.1f}  {b.tokens_per_s:>16.1f}  "
             f"{b.tokens_per_s / s.tokens_per_s:>6.2f}  {b.completion_tokens:>6}  "
-            f"{s.wall_s:>8.2f} / {b.wall_s:<8.2f}"
+            f"{s.wall_s:>8.2f} / {b.wall_s:<8.2f}  {same}"
         )
 
 
@@ -325,12 +361,22 @@ def main() -> int:
     ap.add_argument(
         "--repeat", type=int, default=2, help="measure each figure this many times; keep the best"
     )
-    ap.add_argument("--flash-attn", action="store_true", help="load with flash attention (both paths)")
+    ap.add_argument(
+        "--flash-attn",
+        action="store_true",
+        help="load with flash attention (both paths; storybench's default is off, see llama.py)",
+    )
     ap.add_argument("--natural-stops", action="store_true", help="stop at EOS / stop markers (unequal work)")
     ap.add_argument("--server", default=None, help="an OpenAI-compatible /v1 URL to compare against")
     ap.add_argument("--server-model", default=None, help="model id at --server (default: the first listed)")
     ap.add_argument(
         "--start-server", action="store_true", help="start llama-cpp-python's server for --server"
+    )
+    ap.add_argument(
+        "--llama-server",
+        default=None,
+        metavar="PATH",
+        help="start this llama-server binary (bench/llama_server.sh builds one) with -np = the widest run count",
     )
     ap.add_argument("--skip-local", action="store_true", help="only the server figures")
     args = ap.parse_args()
@@ -346,7 +392,7 @@ def main() -> int:
     print(
         f"work: sequence '{args.sequence}', 3 turns, runs = {args.widths}, {args.max_tokens} new tokens per "
         f"response ({budget}), temperature {args.temperature}, n_ctx {args.n_ctx}; best of {args.repeat}"
-        + ("; flash attention on" if args.flash_attn else "")
+        + ("; flash attention on" if args.flash_attn else "; flash attention off")
     )
     local: list[dict[str, Any]] = []
     if not args.skip_local:
@@ -356,14 +402,21 @@ def main() -> int:
             "local model: sequential (parallel_runs 1) vs batched (parallel_runs = runs)", local, "batched"
         )
         print_prefix_reuse(local)
-    if args.server or args.start_server:
-        with llama_cpp_server(args) if args.start_server else _given(args.server) as url:
+    if args.server or args.start_server or args.llama_server:
+        if args.llama_server:
+            starter = llama_server_binary(args)
+        elif args.start_server:
+            starter = llama_cpp_server(args)
+        else:
+            starter = _given(args.server)
+        with starter as url:
             remote = server_rows(args, store, url)
-        note = (
-            "llama-cpp-python's server answers one request at a time: 'concurrent' is a queue here"
-            if args.start_server
-            else f"server at {url}"
-        )
+        if args.llama_server:
+            note = f"llama.cpp's llama-server -np {max(args.widths)}, continuous batching"
+        elif args.start_server:
+            note = "llama-cpp-python's server answers one request at a time: 'concurrent' is a queue here"
+        else:
+            note = f"server at {url}"
         print_table(f"OpenAI-compatible server ({note})", remote, "concurrent")
         if local:
             print("\nside by side, aggregate tok/s (same sequence, turns, runs and token budget):")

@@ -54,7 +54,7 @@ class ModelSpec(_Strict):
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     # None = choose from free VRAM and generation.vram_limit_percent.
     n_gpu_layers: int | None = Field(default=None, ge=-1, le=1000)
-    # Backend-specific extras (llama: n_threads, chat_format; fake: delay_s, fail_on).
+    # Backend-specific extras (llama: n_threads, chat_format, flash_attn; fake: delay_s, fail_on).
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

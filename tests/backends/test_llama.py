@@ -158,6 +158,13 @@ def test_unknown_chat_format_fails_before_loading(tmp_path: Path) -> None:
         create_llama_backend(spec, _generation())
 
 
+def test_flash_attn_option_must_be_a_boolean(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "m.gguf")
+    spec = ModelSpec(kind="path", path=str(path), options={"flash_attn": "yes"})
+    with pytest.raises(ConfigError, match=r"options\.flash_attn = 'yes' must be true or false"):
+        create_llama_backend(spec, _generation())
+
+
 # --- slow: the real bundled model -------------------------------------------------------
 
 BRIEFS = [
