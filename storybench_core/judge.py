@@ -534,12 +534,18 @@ JUDGE_MAX_WIDTH = 8
 
 
 def judge_width(backend: ModelBackend, generation: GenerationSettingsConfig, n: int) -> tuple[int, str]:
-    """How many judgements to generate together on this backend, and why (1 = one at a time)."""
-    if n <= 1 or not can_batch(backend):
+    """How many judgements to generate together on this backend, and why (1 = one at a time).
+
+    A single judgement also goes through the batch path when a batch of two would be
+    allowed: on a local model that path checks the grammar after sampling, which made
+    one judgement 2x and three together 3.5x faster than llama-cpp-python's grammar
+    pass over the whole vocabulary (bench/judge_grammar.py, README).
+    """
+    if n < 1 or not can_batch(backend):
         return 1, "one at a time"
     if generation.parallel_runs is None:
         generation = generation.model_copy(update={"parallel_runs": JUDGE_MAX_WIDTH})
-    return choose_width(backend, generation, n)
+    return choose_width(backend, generation, max(n, 2))
 
 
 def judge_in_chunks(
@@ -560,7 +566,7 @@ def judge_in_chunks(
         if should_stop():
             return
         chunk = todo[start : start + max(width, 1)]
-        if len(chunk) > 1:
+        if width > 1:
             batch_token = (lambda _i, piece: on_token(piece)) if on_token is not None else None
             judgements = judge_batch(backend, judge_name, chunk, rubric, cfg, on_token=batch_token)
         else:
@@ -647,8 +653,8 @@ def judge_evaluation(
             backend, fresh = pool.get(spec, generation)
             emit("info", f"judge {name}: {'loaded' if fresh else 'reusing loaded model'}")
             width, reason = judge_width(backend, generation, len(todo))
-            if width > 1:
-                emit("info", f"judge {name}: {width} judgements at a time: {reason}")
+            if min(width, len(todo)) > 1:
+                emit("info", f"judge {name}: {min(width, len(todo))} judgements at a time: {reason}")
             judged = 0
             chunks = judge_in_chunks(backend, name, todo, rubric, cfg, width, stop, on_token=stop_check)
             for i, response, judgement in _until_stopped(chunks):

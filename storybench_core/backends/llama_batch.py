@@ -22,6 +22,11 @@ How it works (llama-cpp-python's low-level API, the one `Llama` wraps):
   token of every generating sequence in one call and samples each from its
   own row of logits, with its own sampler chain and seed.
 
+JSON schemas (the judge) are the exception to what follows: their grammar is
+checked after sampling (`_grammar_checked`), much faster than llama-cpp-python's
+check of the whole vocabulary before each token, so a constrained text can
+differ from the sequential one while following the same schema.
+
 Same text as the sequential path. The sampler chain and the stop handling
 copy `Llama.create_completion` (top_k 40, typical_p 1, top_p, min_p 0.05,
 temperature, dist(seed); greedy at temperature 0; an end-of-generation token
@@ -53,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp
+import numpy as np
 
 from ..errors import ModelError
 from .base import BatchTokenCallback, Completion, GenerationSettings, Message
@@ -71,6 +77,12 @@ log = logging.getLogger(__name__)
 # ones; 1 to 7 tokens match exactly. So 8 runs take two calls of 4 per step (still far fewer
 # weight passes than 8).
 MAX_STEP_TOKENS = 7
+
+# Highest-scored tokens a rejected sample is re-checked among before the whole vocabulary.
+GRAMMAR_SHORTLIST = 1024
+
+# llama.cpp's llama_token_data: token id, logit, probability (12 bytes, no padding).
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 # llama-cpp-python's create_completion defaults; copied so both paths sample alike.
 TOP_K = 40
@@ -145,6 +157,7 @@ class _Job:
     extra: dict[str, Any]
     slot: _Slot | None = None
     sampler: Any = None
+    grammar: Any = None  # a JSON schema's grammar sampler, checked after sampling (see _sample)
     feed: list[int] = field(default_factory=list)  # tokens to evaluate next, in order
     completion: list[int] = field(default_factory=list)
     raw: bytearray = field(default_factory=bytearray)
@@ -191,6 +204,7 @@ class BatchDecoder:
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(i) for i in range(n_seq)]
         self._piece_buf = ctypes.create_string_buffer(64)
+        self._candidates: np.ndarray | None = None  # the whole vocabulary, for a grammar resample
         # Freed before the model: the model's exit stack runs this when Llama.close() runs.
         llm._model._exit_stack.callback(self.close)
 
@@ -251,13 +265,15 @@ class BatchDecoder:
         try:
             self._assign_slots(jobs)
             for job in jobs:
-                job.sampler = self._make_sampler(job.settings, requests[job.index].grammar)
+                job.sampler = self._make_sampler(job.settings)
+                job.grammar = self._make_grammar(requests[job.index].grammar)
             self._run(jobs, template, results, on_token, on_done)
         finally:
             for job in jobs:
-                if job.sampler is not None:
-                    llama_cpp.llama_sampler_free(job.sampler)
-                    job.sampler = None
+                for sampler in (job.sampler, job.grammar):
+                    if sampler is not None:
+                        llama_cpp.llama_sampler_free(sampler)
+                job.sampler = job.grammar = None
         return [r for r in results if r is not None]
 
     def _new_job(self, index: int, request: BatchRequest, started: float) -> _Job:
@@ -311,18 +327,18 @@ class BatchDecoder:
         del slot.tokens[keep:]
         job.feed = job.prompt[keep:]
 
-    def _make_sampler(self, settings: GenerationSettings, grammar: tuple[str, str] | None) -> Any:
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        if grammar is not None:
-            sampler = llama_cpp.llama_sampler_init_grammar(
-                self._vocab, grammar[0].encode(), grammar[1].encode()
+    def _make_grammar(self, grammar: tuple[str, str] | None) -> Any:
+        if grammar is None:
+            return None
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar[0].encode(), grammar[1].encode())
+        if not sampler:
+            raise ModelError(
+                "llama.cpp rejected the grammar built from the JSON schema — simplify the schema"
             )
-            if not sampler:
-                llama_cpp.llama_sampler_free(chain)
-                raise ModelError(
-                    "llama.cpp rejected the grammar built from the JSON schema — simplify the schema"
-                )
-            llama_cpp.llama_sampler_chain_add(chain, sampler)
+        return sampler
+
+    def _make_sampler(self, settings: GenerationSettings) -> Any:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if settings.temperature == 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -500,11 +516,72 @@ class BatchDecoder:
     def _sample(self, job: _Job, row: int, on_token: BatchTokenCallback | None) -> bool:
         """Sample the job's next token from a logits row; True when the job is finished."""
         token = llama_cpp.llama_sampler_sample(job.sampler, self._ctx, row)
+        if job.grammar is not None:
+            token = self._grammar_checked(job, row, token)
         job.meter.on_sample(token)
         if self._accept(job, token, on_token):
             return True
         job.feed = [token]
         return False
+
+    def _grammar_checked(self, job: _Job, row: int, token: int) -> int:
+        """The sampled token if the grammar allows it, else one sampled among the allowed ones.
+
+        Checking a grammar against every token of the vocabulary at every step (262k
+        for Gemma 3) is what makes constrained generation slow; a model that follows
+        the format mostly picks an allowed token anyway. So the token is sampled
+        first and checked alone; only when the grammar rejects it are the logits
+        filtered by the grammar and sampled again (as llama.cpp's own tools do).
+        """
+        one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
+        single = llama_cpp.llama_token_data_array(one, 1, -1, False)
+        llama_cpp.llama_sampler_apply(job.grammar, ctypes.byref(single))
+        if one[0].logit == float("-inf"):
+            token = self._resample_with_grammar(job, row)
+            if token < 0:
+                raise ModelError("the grammar allows no token here — the JSON schema cannot be completed")
+        if not llama_cpp.llama_vocab_is_eog(self._vocab, token):  # an end token ends the job instead
+            llama_cpp.llama_sampler_accept(job.grammar, token)
+        return token
+
+    def _resample_with_grammar(self, job: _Job, row: int) -> int:
+        """Sample among the tokens the grammar allows: from the best-scored ones when that is exact.
+
+        The sampler chain keeps at most TOP_K tokens (1 when greedy), the highest-scored
+        allowed ones. If the GRAMMAR_SHORTLIST highest-scored tokens already hold that many
+        allowed tokens, no token outside them could be chosen, so the grammar is checked
+        on the shortlist only; otherwise on the whole vocabulary.
+        """
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(n_vocab,))
+        need = 1 if job.settings.temperature == 0 else TOP_K
+        if n_vocab > GRAMMAR_SHORTLIST:
+            ids = np.argpartition(logits, -GRAMMAR_SHORTLIST)[-GRAMMAR_SHORTLIST:]
+            short = np.zeros(GRAMMAR_SHORTLIST, dtype=_TOKEN_DATA)
+            short["id"], short["logit"] = ids, logits[ids]
+            self._apply(job.grammar, short)
+            allowed = short[np.isfinite(short["logit"])]
+            if len(allowed) >= need:
+                return self._apply(job.sampler, np.ascontiguousarray(allowed))
+        if self._candidates is None or len(self._candidates) != n_vocab:
+            self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        cand = self._candidates
+        # All three columns, every time: the samplers sort the array in place.
+        cand["id"], cand["logit"], cand["p"] = np.arange(n_vocab, dtype=np.int32), logits, 0.0
+        self._apply(job.grammar, cand)
+        return self._apply(job.sampler, cand)
+
+    @staticmethod
+    def _apply(sampler: Any, candidates: np.ndarray) -> int:
+        """Run a sampler on a llama_token_data array in place; the selected token, or -1."""
+        array = llama_cpp.llama_token_data_array(
+            candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), len(candidates), -1, False
+        )
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+        if array.selected < 0:
+            return -1
+        # Samplers may reorder the array (it stays in place): read the id there.
+        return int(array.data[array.selected].id)
 
     def _accept(self, job: _Job, token: int, on_token: BatchTokenCallback | None) -> bool:
         """Take a sampled token; True when the job is finished (EOG, stop string, max tokens)."""

@@ -246,3 +246,50 @@ def test_kill_9_mid_batch_then_resume(bundled_model: Path, tmp_path: Path, story
     events = [e["message"] for e in store.list_events(eid)]
     assert any("batch width 3" in m for m in events)
     store.close()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_json_schema_in_a_batch_checks_the_sampled_token_first(
+    backend: LlamaBackend, monkeypatch: pytest.MonkeyPatch, temperature: float
+) -> None:
+    """Every reply follows the schema; a rejected token is re-sampled from a shortlist when that
+    is exact, and the texts equal those of a grammar pass over the whole vocabulary."""
+    import storybench_core.backends.llama_batch as llama_batch
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "score": {"type": "integer", "enum": [1, 2, 3, 4, 5]},
+            "verdict": {"type": "string", "enum": ["vivid", "flat"]},
+        },
+        "required": ["score", "verdict"],
+    }
+    resamples: list[int] = []
+    real = llama_batch.BatchDecoder._resample_with_grammar
+
+    def counting(self: object, job: object, row: int) -> int:
+        resamples.append(row)
+        return real(self, job, row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(llama_batch.BatchDecoder, "_resample_with_grammar", counting)
+    lines = ["Rain hammered the glass.", "The cat sat.", "Her laugh cracked like thin ice."]
+    convs = [
+        [SYSTEM, {"role": "user", "content": f"Rate this line from 1 to 5 as JSON: '{line}'"}]
+        for line in lines
+    ]
+    asked = [settings(i, temperature, max_tokens=48, json_schema=schema) for i in range(3)]
+    texts = {}
+    default = llama_batch.GRAMMAR_SHORTLIST
+    for shortlist in (default, 10**9):  # 10**9: always the whole vocabulary
+        monkeypatch.setattr(llama_batch, "GRAMMAR_SHORTLIST", shortlist)
+        decoder_for(backend, 3).clear()
+        out = backend.chat_batch(convs, asked)
+        for done in out:
+            reply = json.loads(done.text)
+            assert reply["score"] in (1, 2, 3, 4, 5) and reply["verdict"] in ("vivid", "flat")
+            assert done.finish_reason == "stop"
+        texts[shortlist] = [c.text for c in out]
+        if shortlist == default:
+            tokens = sum(c.completion_tokens for c in out)
+            assert 0 < len(resamples) < tokens  # the sampled token alone passed the check sometimes
+    assert texts[default] == texts[10**9]
