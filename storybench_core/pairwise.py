@@ -39,7 +39,7 @@ import pandas as pd
 from .backends.base import GenerationSettings, Message, ModelBackend
 from .config import GenerationSettingsConfig, JudgeConfig, ModelSpec
 from .errors import JudgeError, StorybenchError
-from .judge import extract_json_object
+from .judge import extract_json_object, judge_width
 from .ratings import fit_ratings, intervals_overlap
 from .runner import ModelPool
 from .store.base import Doc, Store
@@ -324,8 +324,13 @@ def judge_pair(
     temperature: float = 0.0,
     max_retries: int = 2,
     attempt: int = 1,
+    use_batch: bool = False,
 ) -> Doc:
-    """Judge one order of one pair (with retries); returns the verdict document, valid or failed."""
+    """Judge one order of one pair (with retries); returns the verdict document, valid or failed.
+
+    use_batch: ask through `chat_batch` (a local model then checks the schema's grammar
+    after sampling, judge.judge_width says why); otherwise through `chat`.
+    """
     model_a, model_b, rid_a, rid_b = pair.shown(order)
     doc_a, doc_b = responses[rid_a], responses[rid_b]
     text_a, text_b = str(doc_a.get("response") or ""), str(doc_b.get("response") or "")
@@ -384,7 +389,12 @@ def judge_pair(
         )
         verdict["calls"] += 1
         try:
-            completion = backend.chat(messages, settings)
+            if use_batch:
+                completion = backend.chat_batch([messages], [settings])[0]  # type: ignore[attr-defined]
+                if completion.finish_reason == "error":
+                    raise JudgeError(str(completion.extra.get("error") or "no answer"))
+            else:
+                completion = backend.chat(messages, settings)
         except StorybenchError as exc:
             error = f"judge model failed: {exc}"
             continue
@@ -824,6 +834,7 @@ def compare_judge_evaluation(
     try:
         emit("info", f"pairwise judge {judge_name}: {len(pairs)} candidate pairs, budget {budget} calls")
         backend, _fresh = pool.get(spec, generation)
+        use_batch = judge_width(backend, generation, 1)[0] > 1
         failures_in_a_row = 0
         while True:
             if stop():
@@ -845,7 +856,7 @@ def compare_judge_evaluation(
                 verdict = judge_pair(
                     backend, judge_name, pair, order, responses,
                     groups=groups, budget_chars=budget_chars, max_tokens=max_tokens,
-                    temperature=cfg.temperature, max_retries=cfg.max_retries,
+                    temperature=cfg.temperature, max_retries=cfg.max_retries, use_batch=use_batch,
                 )  # fmt: skip
                 summary.calls += int(verdict["calls"])
                 if not _store_verdict(store, verdict):
