@@ -36,7 +36,7 @@ from uuid import uuid4
 import numpy as np
 import pandas as pd
 
-from .backends.base import GenerationSettings, Message, ModelBackend
+from .backends.base import Completion, GenerationSettings, Message, ModelBackend
 from .config import GenerationSettingsConfig, JudgeConfig, ModelSpec
 from .errors import JudgeError, StorybenchError
 from .judge import extract_json_object, judge_width
@@ -311,6 +311,143 @@ def _fit_budget(
         budget = max(200, budget * 3 // 4)
 
 
+class _VerdictTask:
+    """One order of one pair being judged: its verdict document, next messages and retries."""
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        judge_name: str,
+        pair: Pair,
+        order: str,
+        responses: dict[str, Doc],
+        groups: Sequence[CriterionGroup],
+        budget_chars: int,
+        max_tokens: int,
+        temperature: float,
+        max_retries: int,
+        attempt: int,
+    ) -> None:
+        model_a, model_b, rid_a, rid_b = pair.shown(order)
+        doc_a, doc_b = responses[rid_a], responses[rid_b]
+        text_a, text_b = str(doc_a.get("response") or ""), str(doc_b.get("response") or "")
+        constrained = bool(getattr(backend, "supports_json_schema", False))
+        self.pair, self.order, self.attempt = pair, order, attempt
+        self.groups, self.max_tokens, self.temperature, self.max_retries = (
+            groups,
+            max_tokens,
+            temperature,
+            max_retries,
+        )
+        self.verdict: Doc = {
+            "id": uuid4().hex,
+            "evaluation_id": pair.scope,
+            "verdict_key": verdict_key(pair.pair_key, judge_name, order, attempt),
+            "pair_key": pair.pair_key,
+            "judge": judge_name,
+            "order": order,
+            "attempt": attempt,
+            "model_1": pair.model_1,
+            "model_2": pair.model_2,
+            "model_a": model_a,
+            "model_b": model_b,
+            "response_a": rid_a,
+            "response_b": rid_b,
+            "sequence": pair.sequence,
+            "run": pair.run,
+            "prompt_index": pair.prompt_index,
+            "groups": None,
+            "reason": None,
+            "raw_output": None,
+            "error": None,
+            "retries": 0,
+            "calls": 0,
+            "budget_chars": budget_chars,
+            "chars_a": len(text_a),
+            "chars_b": len(text_b),
+            "structured_output": "json_schema" if constrained else "prompt-only",
+            "temperature": temperature,
+        }
+        self.schema = verdict_schema(groups) if constrained else None
+        self.error = ""
+        self.tries = 0
+        self.started = time.perf_counter()
+        self.finished = False
+        self.messages: list[Message] = []
+        brief = str(doc_a.get("prompt_text") or "")
+
+        def make(budget: int) -> list[Message]:
+            return pair_messages(brief, earlier_briefs(doc_a), text_a, text_b, groups, budget)
+
+        try:
+            self.messages, used = _fit_budget(backend, make, budget_chars, max_tokens)
+        except JudgeError as exc:
+            self.verdict.update(error=str(exc), created_at=now_utc())
+            self.finished = True
+            return
+        self.verdict["budget_chars"] = used
+        self.verdict["clipped"] = max(len(text_a), len(text_b)) > used
+
+    @property
+    def pending(self) -> bool:
+        return not self.finished
+
+    def settings(self) -> GenerationSettings:
+        """The next try's settings; counts the call."""
+        self.verdict["retries"] = self.tries
+        self.verdict["calls"] += 1
+        return GenerationSettings(
+            temperature=self.temperature,
+            top_p=1.0,
+            max_tokens=self.max_tokens,
+            seed=_seed(self.pair.pair_key, self.order, self.attempt, self.tries),
+            json_schema=self.schema,
+        )
+
+    def call_failed(self, exc: StorybenchError | str) -> None:
+        self.error = f"judge model failed: {exc}"
+        self._next_try()
+
+    def take(self, completion: Completion) -> None:
+        """Validate one answer: keep its labels, or feed the reason back for the next try."""
+        if completion.finish_reason == "error":
+            self.call_failed(str(completion.extra.get("error") or "no answer"))
+            return
+        self.verdict["raw_output"] = completion.text[:RAW_KEEP_CHARS]
+        self.verdict["finish_reason"] = completion.finish_reason
+        try:
+            labels, reason = parse_verdict(completion.text, self.groups)
+        except JudgeError as exc:
+            error = str(exc)
+            if completion.finish_reason == "length":
+                error += f" (the answer hit max_tokens = {self.max_tokens})"
+            self.error = error
+            self.messages = [
+                *self.messages[:2],
+                {"role": "assistant", "content": completion.text[:1500]},
+                {
+                    "role": "user",
+                    "content": f"That answer could not be used: {error}. Reply again with only the JSON object, "
+                    "one label per group.",
+                },
+            ]
+            self._next_try()
+            return
+        self.verdict.update(groups=labels, reason=reason, error=None)
+        self._close()
+
+    def _next_try(self) -> None:
+        self.tries += 1
+        if self.tries > self.max_retries:
+            self.verdict["error"] = f"no valid verdict after {self.max_retries + 1} tries: {self.error}"
+            self._close()
+
+    def _close(self) -> None:
+        self.finished = True
+        self.verdict["generation_time_s"] = round(time.perf_counter() - self.started, 4)
+        self.verdict["created_at"] = now_utc()
+
+
 def judge_pair(
     backend: ModelBackend,
     judge_name: str,
@@ -324,105 +461,81 @@ def judge_pair(
     temperature: float = 0.0,
     max_retries: int = 2,
     attempt: int = 1,
-    use_batch: bool = False,
 ) -> Doc:
-    """Judge one order of one pair (with retries); returns the verdict document, valid or failed.
-
-    use_batch: ask through `chat_batch` (a local model then checks the schema's grammar
-    after sampling, judge.judge_width says why); otherwise through `chat`.
-    """
-    model_a, model_b, rid_a, rid_b = pair.shown(order)
-    doc_a, doc_b = responses[rid_a], responses[rid_b]
-    text_a, text_b = str(doc_a.get("response") or ""), str(doc_b.get("response") or "")
-    constrained = bool(getattr(backend, "supports_json_schema", False))
-    verdict: Doc = {
-        "id": uuid4().hex,
-        "evaluation_id": pair.scope,
-        "verdict_key": verdict_key(pair.pair_key, judge_name, order, attempt),
-        "pair_key": pair.pair_key,
-        "judge": judge_name,
-        "order": order,
-        "attempt": attempt,
-        "model_1": pair.model_1,
-        "model_2": pair.model_2,
-        "model_a": model_a,
-        "model_b": model_b,
-        "response_a": rid_a,
-        "response_b": rid_b,
-        "sequence": pair.sequence,
-        "run": pair.run,
-        "prompt_index": pair.prompt_index,
-        "groups": None,
-        "reason": None,
-        "raw_output": None,
-        "error": None,
-        "retries": 0,
-        "calls": 0,
-        "budget_chars": budget_chars,
-        "chars_a": len(text_a),
-        "chars_b": len(text_b),
-        "structured_output": "json_schema" if constrained else "prompt-only",
-        "temperature": temperature,
-    }
-    brief = str(doc_a.get("prompt_text") or "")
-
-    def make(budget: int) -> list[Message]:
-        return pair_messages(brief, earlier_briefs(doc_a), text_a, text_b, groups, budget)
-
-    try:
-        messages, used = _fit_budget(backend, make, budget_chars, max_tokens)
-    except JudgeError as exc:
-        return verdict | {"error": str(exc), "created_at": now_utc()}
-    verdict["budget_chars"] = used
-    verdict["clipped"] = max(len(text_a), len(text_b)) > used
-    schema = verdict_schema(groups) if constrained else None
-    start = time.perf_counter()
-    error = ""
-    for retry in range(max_retries + 1):
-        verdict["retries"] = retry
-        settings = GenerationSettings(
-            temperature=temperature,
-            top_p=1.0,
-            max_tokens=max_tokens,
-            seed=_seed(pair.pair_key, order, attempt, retry),
-            json_schema=schema,
-        )
-        verdict["calls"] += 1
+    """Judge one order of one pair (with retries); returns the verdict document, valid or failed."""
+    task = _VerdictTask(
+        backend,
+        judge_name,
+        pair,
+        order,
+        responses,
+        groups,
+        budget_chars,
+        max_tokens,
+        temperature,
+        max_retries,
+        attempt,
+    )
+    while task.pending:
+        settings = task.settings()
         try:
-            if use_batch:
-                completion = backend.chat_batch([messages], [settings])[0]  # type: ignore[attr-defined]
-                if completion.finish_reason == "error":
-                    raise JudgeError(str(completion.extra.get("error") or "no answer"))
-            else:
-                completion = backend.chat(messages, settings)
+            completion = backend.chat(task.messages, settings)
         except StorybenchError as exc:
-            error = f"judge model failed: {exc}"
+            task.call_failed(exc)
             continue
-        verdict["raw_output"] = completion.text[:RAW_KEEP_CHARS]
-        verdict["finish_reason"] = completion.finish_reason
+        task.take(completion)
+    return task.verdict
+
+
+def judge_pair_orders(
+    backend: ModelBackend,
+    judge_name: str,
+    pair: Pair,
+    orders: Sequence[str],
+    responses: dict[str, Doc],
+    *,
+    groups: Sequence[CriterionGroup] = DEFAULT_GROUPS,
+    budget_chars: int = DEFAULT_BUDGET_CHARS,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    temperature: float = 0.0,
+    max_retries: int = 2,
+    attempt: int = 1,
+) -> list[Doc]:
+    """Judge several orders of one pair together through `chat_batch`; one verdict per order.
+
+    The same tries, seeds, validation and failure records as `judge_pair`; each
+    round sends every order still pending in one call.
+    """
+    tasks = [
+        _VerdictTask(
+            backend,
+            judge_name,
+            pair,
+            order,
+            responses,
+            groups,
+            budget_chars,
+            max_tokens,
+            temperature,
+            max_retries,
+            attempt,
+        )
+        for order in orders
+    ]
+    while pending := [t for t in tasks if t.pending]:
+        settings = [t.settings() for t in pending]
         try:
-            labels, reason = parse_verdict(completion.text, groups)
-        except JudgeError as exc:
-            error = str(exc)
-            if completion.finish_reason == "length":
-                error += f" (the answer hit max_tokens = {max_tokens})"
-            messages = [
-                *messages[:2],
-                {"role": "assistant", "content": completion.text[:1500]},
-                {
-                    "role": "user",
-                    "content": f"That answer could not be used: {error}. Reply again with only the JSON object, "
-                    "one label per group.",
-                },
-            ]
+            completions = backend.chat_batch([t.messages for t in pending], settings)  # type: ignore[attr-defined]
+        except StorybenchError as exc:
+            for task in pending:
+                task.call_failed(exc)
             continue
-        verdict.update(groups=labels, reason=reason, error=None)
-        break
-    else:
-        verdict["error"] = f"no valid verdict after {max_retries + 1} tries: {error}"
-    verdict["generation_time_s"] = round(time.perf_counter() - start, 4)
-    verdict["created_at"] = now_utc()
-    return verdict
+        for n, task in enumerate(pending):
+            if n < len(completions):
+                task.take(completions[n])
+            else:
+                task.call_failed("the backend returned no answer for this order")
+    return [t.verdict for t in tasks]
 
 
 # --- combining orders, outcomes, position bias -----------------------------------------------
@@ -852,12 +965,17 @@ def compare_judge_evaluation(
             if summary.calls + len(missing) > budget:
                 summary.stop_reason = "budget"
                 break
-            for order in missing:
-                verdict = judge_pair(
-                    backend, judge_name, pair, order, responses,
-                    groups=groups, budget_chars=budget_chars, max_tokens=max_tokens,
-                    temperature=cfg.temperature, max_retries=cfg.max_retries, use_batch=use_batch,
-                )  # fmt: skip
+            options = dict(
+                groups=groups, budget_chars=budget_chars, max_tokens=max_tokens,
+                temperature=cfg.temperature, max_retries=cfg.max_retries,
+            )  # fmt: skip
+            if use_batch:  # both orders together (a local model also checks the grammar after sampling)
+                new_verdicts = judge_pair_orders(backend, judge_name, pair, missing, responses, **options)
+            else:
+                new_verdicts = [
+                    judge_pair(backend, judge_name, pair, o, responses, **options) for o in missing
+                ]
+            for order, verdict in zip(missing, new_verdicts, strict=True):
                 summary.calls += int(verdict["calls"])
                 if not _store_verdict(store, verdict):
                     continue

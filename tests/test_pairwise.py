@@ -197,6 +197,52 @@ def test_budget_shrinks_until_the_prompt_fits_the_judge_context(store):
     assert "raise generation.n_ctx" in failed["error"] and failed["calls"] == 0
 
 
+def test_both_orders_in_one_batch_give_the_verdicts_one_at_a_time_gives(store):
+    """judge_pair_orders (chat_batch) against judge_pair (chat), with a scripted fake judge that
+    retries once on the first order: same verdicts, and only the invalid order is asked again."""
+    eid = make_evaluation(store, {"m-a": 1, "m-b": 2}, runs=1)
+    responses = pairwise.load_responses(store, eid)
+    pair = pairwise.build_pairs(responses.values(), eid)[0]
+    seen: set[str] = set()
+
+    def once_invalid(messages, settings):
+        key = messages[1]["content"]
+        if key not in seen and _section(key, "A").count("quality 1"):
+            seen.add(key)
+            return "not json"
+        return quality_judge(messages, settings)
+
+    sizes: list[int] = []
+
+    class Recorder(FakeBackend):
+        def chat_batch(self, conversations, settings, on_token=None, on_done=None):
+            sizes.append(len(conversations))
+            return super().chat_batch(conversations, settings, on_token, on_done)
+
+    batched = pairwise.judge_pair_orders(Recorder(reply=once_invalid), "j", pair, ["12", "21"], responses)
+    seen.clear()
+    single = [
+        pairwise.judge_pair(FakeBackend(reply=once_invalid), "j", pair, o, responses) for o in ("12", "21")
+    ]
+    keep = ("verdict_key", "groups", "reason", "retries", "calls", "error", "model_a", "raw_output")
+    assert [{k: v[k] for k in keep} for v in batched] == [{k: v[k] for k in keep} for v in single]
+    assert sizes == [2, 1] and [v["retries"] for v in batched] == [1, 0]
+
+
+def test_compare_judge_sends_both_orders_of_a_pair_together(store):
+    eid = make_evaluation(store, {"xq-weak": 1, "xq-strong": 3}, runs=1)
+    sizes: list[int] = []
+
+    class Recorder(FakeBackend):
+        def chat_batch(self, conversations, settings, on_token=None, on_done=None):
+            sizes.append(len(conversations))
+            return super().chat_batch(conversations, settings, on_token, on_done)
+
+    pool = ModelPool(lambda spec, generation: Recorder(reply=quality_judge))
+    summary = pairwise.compare_judge_evaluation(store, eid, JUDGE, pool, budget=6, n_boot=100)
+    assert summary.verdicts == 6 and summary.failed == 0 and sizes == [2, 2, 2]
+
+
 # --- both orders ---------------------------------------------------------------------------------
 
 
