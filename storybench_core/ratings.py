@@ -8,7 +8,7 @@ prior_sd²)), which keeps a model that won or lost everything finite, and
 reports them on an Elo-like scale: 1000 + 400·θ/ln 10, so a 400-point gap
 means 10:1 odds. The 95% interval is a percentile bootstrap over outcomes.
 
-Pure pandas / numpy: the documents-to-outcomes step lives in pairwise.py.
+Pure pandas / numpy: the documents-to-outcomes step lives in pairwise/outcomes.py.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def human_judge_agreement(outcomes: pd.DataFrame, human: str = "human") -> pd.Da
     """Per judge: on pairs both it and the humans decided, how often they pick the same winner.
 
     `outcomes` needs columns judge, pair_key, model_a, model_b, score_a with each
-    pair in one orientation (pairwise.py writes model_a < model_b). Humans' votes
+    pair in one orientation (pairwise/outcomes.py writes model_a < model_b). Humans' votes
     on a pair are averaged first. Columns: judge, n_pairs, agree_pct (ties must
     match ties), spearman (ratings fitted on each side alone), n_models.
     """

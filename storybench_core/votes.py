@@ -6,7 +6,7 @@ that this voter has not voted on (in any session: the store remembers). The
 looks the models up and stores them with the vote; `reveal` answers only
 once the voter's vote is stored. The store's unique (voter, pair_key) index
 makes a double submit (two tabs, a double click) store one vote, whatever the
-timing. Votes feed the ratings as a separate judge, "human" (pairwise.py).
+timing. Votes feed the ratings as a separate judge, "human" (the pairwise package).
 """
 
 from __future__ import annotations
