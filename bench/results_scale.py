@@ -82,7 +82,7 @@ BATCH = 1000
 
 
 class DocumentsOnly:
-    """A store seen without its flat projections, so results.py decodes whole documents (the baseline)."""
+    """A store seen without its flat projections, so the results package decodes whole documents (the baseline)."""
 
     HIDDEN = ("list_response_stats", "list_judgement_scores")
 

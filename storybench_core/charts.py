@@ -1,6 +1,6 @@
-"""Plotly figures for the Results page, built from results.py frames (plotly only, no streamlit).
+"""Plotly figures for the Results page, built from the results package's frames (plotly only, no streamlit).
 
-Each builder takes a frame that results.py already computed and returns a
+Each builder takes a frame that the results package already computed and returns a
 `plotly.graph_objects.Figure`; the page only places it (`st.plotly_chart`).
 """
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 Doc = dict[str, Any]
 
 # Columns of the two flat projections that keep the results views fast: values as the documents
-# hold them, read without decoding whole documents (results.py has the same tuples).
+# hold them, read without decoding whole documents (results/frames.py has the same tuples).
 RESPONSE_STAT_FIELDS = (
     "id", "evaluation_id", "model_name", "sequence", "run", "prompt_index", "prompt_name", "finish_reason",
     "prompt_tokens", "completion_tokens", "generation_time_s", "tokens_per_s", "words", "error",

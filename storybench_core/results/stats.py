@@ -1,0 +1,58 @@
+"""Statistics: bootstrap confidence intervals and rank correlation."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    values: Iterable[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean (NaNs dropped).
+
+    Resampling n values with replacement is the same as drawing multinomial
+    counts over the distinct values; with few distinct values (scores are
+    means of small integers) that costs n_boot × k instead of n_boot × n.
+    """
+    x = np.asarray(list(values) if not isinstance(values, np.ndarray | pd.Series) else values, dtype=float)
+    x = x[~np.isnan(x)]
+    n = len(x)
+    if n == 0:
+        return (np.nan, np.nan)
+    if n == 1 or np.all(x == x[0]):
+        return (float(x[0]), float(x[0]))
+    rng = np.random.default_rng(seed)
+    uniq, counts = np.unique(x, return_counts=True)
+    if len(uniq) * 4 < n:
+        draws = rng.multinomial(n, counts / n, size=n_boot)
+        means = draws @ uniq / n
+    else:
+        means = np.empty(n_boot)
+        step = max(1, 4_000_000 // n)
+        for start in range(0, n_boot, step):
+            k = min(step, n_boot - start)
+            means[start : start + k] = x[rng.integers(0, n, size=(k, n))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return (float(low), float(high))
+
+
+def spearman(a: Iterable[float], b: Iterable[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN with under 2 pairs or no variance."""
+    pair = pd.DataFrame({"a": list(a), "b": list(b)}).dropna()
+    if len(pair) < 2:
+        return float("nan")
+    ra, rb = pair["a"].rank().to_numpy(), pair["b"].rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _model_seed(seed: int, model: str) -> int:
+    return seed * 1_000_003 + zlib.crc32(model.encode("utf-8"))
