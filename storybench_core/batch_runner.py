@@ -98,7 +98,9 @@ def _local_width(backend: Any, gen: GenerationSettingsConfig, cap: int | None) -
     from .gguf_info import read_gguf_info
     from .hardware import hardware_snapshot
 
-    info = read_gguf_info(backend.model_path)
+    # The loaded backend keeps the header it read before loading: no second parse per call
+    # (a judge sizes its batch per stored response).
+    info = getattr(backend, "gguf_info", None) or read_gguf_info(backend.model_path)
     snapshot = hardware_snapshot(cpu_sample_s=0)
     plan = getattr(backend, "gpu_plan", None)
     gpu = snapshot.best_gpu
@@ -332,33 +334,21 @@ class BatchedConversations:
         for item in items:
             if not item.done:
                 item.done = True
-                self.runner.hooks.event("error", f"{item.label}: {error}")
-                self.runner._store_failure(
-                    self.eid,
-                    self.spec,
-                    item.task,
-                    self.config,
-                    error,
-                    seed=item.seed,
-                    messages=item.fitted.messages,
-                )
-                self._failed(item.conv, item.task, summary)
+                self._record_failure(item, error, summary)
+
+    def _record_failure(self, item: _Item, error: str, summary: RunSummary) -> None:
+        """Say why on the console, store the failed task, and skip the conversation's later turns."""
+        self.runner.hooks.event("error", f"{item.label}: {error}")
+        self.runner._store_failure(
+            self.eid, self.spec, item.task, self.config, error, seed=item.seed, messages=item.fitted.messages
+        )
+        self._failed(item.conv, item.task, summary)
 
     def _store(self, item: _Item, completion: Completion, summary: RunSummary, width: int) -> Doc | None:
         """Store one finished run's response (or its failure); the stored doc, None on failure."""
         if completion.finish_reason == "error":
             error = str(completion.extra.get("error") or "the backend could not generate this response")
-            self.runner.hooks.event("error", f"{item.label}: {error}")
-            self.runner._store_failure(
-                self.eid,
-                self.spec,
-                item.task,
-                self.config,
-                error,
-                seed=item.seed,
-                messages=item.fitted.messages,
-            )
-            self._failed(item.conv, item.task, summary)
+            self._record_failure(item, error, summary)
             return None
         doc = self.runner._response_doc(
             self.eid, self.spec, item.task, self.config, item.seed, item.fitted, completion

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import uuid4
 
 from . import catalog
@@ -404,6 +404,55 @@ class _JudgeTask:
         self.doc["created_at"] = now_utc()
 
 
+class AskTask(Protocol):
+    """One answer being asked for, with retries (a rubric judgement, a pairwise verdict)."""
+
+    messages: list[Message]
+
+    @property
+    def pending(self) -> bool: ...
+
+    def settings(self) -> GenerationSettings: ...
+
+    def take(self, completion: Completion) -> None: ...
+
+    def call_failed(self, exc: StorybenchError | str) -> None: ...
+
+
+def ask_one(backend: ModelBackend, task: AskTask, on_token: Callable[[str], None] | None = None) -> None:
+    """Ask through `chat` until the task has a valid answer or no tries left."""
+    while task.pending:
+        settings = task.settings()
+        try:
+            completion = backend.chat(task.messages, settings, on_token)
+        except StorybenchError as exc:
+            task.call_failed(exc)
+            continue
+        task.take(completion)
+
+
+def ask_together(
+    backend: ModelBackend, tasks: Sequence[AskTask], on_token: Callable[[int, str], None] | None = None
+) -> None:
+    """Ask through `chat_batch` in rounds: each round sends every task still pending in one call,
+    so a retry only re-asks the ones whose answer could not be used."""
+    while pending := [t for t in tasks if t.pending]:
+        settings = [t.settings() for t in pending]
+        try:
+            completions = backend.chat_batch(  # type: ignore[attr-defined]
+                [t.messages for t in pending], settings, on_token
+            )
+        except StorybenchError as exc:
+            for task in pending:
+                task.call_failed(exc)
+            continue
+        for n, task in enumerate(pending):
+            if n < len(completions):
+                task.take(completions[n])
+            else:
+                task.call_failed("the backend returned no answer for this request")
+
+
 def judge_response(
     backend: ModelBackend,
     judge_name: str,
@@ -416,14 +465,7 @@ def judge_response(
 ) -> Doc:
     """Judge one response once (with retries); returns the judgement document, valid or failed."""
     task = _JudgeTask(backend, judge_name, response_doc, rubric, cfg, attempt)
-    while task.pending:
-        settings = task.settings()
-        try:
-            completion = backend.chat(task.messages, settings, on_token)
-        except StorybenchError as exc:
-            task.call_failed(exc)
-            continue
-        task.take(completion)
+    ask_one(backend, task, on_token)
     return task.doc
 
 
@@ -443,26 +485,11 @@ def judge_batch(
 ) -> list[Doc]:
     """Judge several (response, attempt) pairs together through `chat_batch`, one judgement each.
 
-    The same tries, seeds, validation and failure records as `judge_response`;
-    each round sends every judgement still pending in one call, so a retry only
-    re-asks the ones whose answer could not be used.
+    The same tries, seeds, validation and failure records as `judge_response`
+    (see `ask_together` for the rounds).
     """
     tasks = [_JudgeTask(backend, judge_name, doc, rubric, cfg, attempt) for doc, attempt in items]
-    while pending := [t for t in tasks if t.pending]:
-        settings = [t.settings() for t in pending]
-        try:
-            completions = backend.chat_batch(  # type: ignore[attr-defined]
-                [t.messages for t in pending], settings, on_token
-            )
-        except StorybenchError as exc:
-            for task in pending:
-                task.call_failed(exc)
-            continue
-        for n, task in enumerate(pending):
-            if n < len(completions):
-                task.take(completions[n])
-            else:
-                task.call_failed("the backend returned no answer for this judgement")
+    ask_together(backend, tasks, on_token)
     return [t.doc for t in tasks]
 
 

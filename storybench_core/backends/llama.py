@@ -291,10 +291,12 @@ class LlamaBackend:
         template: PromptTemplate,
         gpu_plan: GpuPlan | None = None,
         load_note: str = "",
+        gguf_info: GGUFInfo | None = None,
     ) -> None:
         self._llm: _MeteredLlama | None = llm
         self.name = name
         self.model_path = model_path
+        self.gguf_info = gguf_info  # the header read before loading (batch sizing reuses it)
         self.template = template
         self.gpu_plan = gpu_plan
         self.load_note = load_note
@@ -529,5 +531,11 @@ def create_llama_backend(spec: ModelSpec, generation: GenerationSettingsConfig) 
     )
     note = f"{plan.reason}; template {template.name}; n_ctx {generation.n_ctx}; {n_threads} threads"
     return LlamaBackend(
-        llm, name=spec.display_name, model_path=path, template=template, gpu_plan=plan, load_note=note
+        llm,
+        name=spec.display_name,
+        model_path=path,
+        template=template,
+        gpu_plan=plan,
+        load_note=note,
+        gguf_info=info,
     )

@@ -9,6 +9,7 @@ from uuid import uuid4
 
 from ..backends.base import Completion, GenerationSettings, Message, ModelBackend
 from ..errors import JudgeError, StorybenchError
+from ..judge import ask_one, ask_together
 from ..store.base import Doc
 from .pairs import (
     DEFAULT_BUDGET_CHARS,
@@ -217,14 +218,7 @@ def judge_pair(
         max_retries,
         attempt,
     )
-    while task.pending:
-        settings = task.settings()
-        try:
-            completion = backend.chat(task.messages, settings)
-        except StorybenchError as exc:
-            task.call_failed(exc)
-            continue
-        task.take(completion)
+    ask_one(backend, task)
     return task.verdict
 
 
@@ -263,17 +257,5 @@ def judge_pair_orders(
         )
         for order in orders
     ]
-    while pending := [t for t in tasks if t.pending]:
-        settings = [t.settings() for t in pending]
-        try:
-            completions = backend.chat_batch([t.messages for t in pending], settings)  # type: ignore[attr-defined]
-        except StorybenchError as exc:
-            for task in pending:
-                task.call_failed(exc)
-            continue
-        for n, task in enumerate(pending):
-            if n < len(completions):
-                task.take(completions[n])
-            else:
-                task.call_failed("the backend returned no answer for this order")
+    ask_together(backend, tasks)
     return [t.verdict for t in tasks]
