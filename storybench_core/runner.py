@@ -424,6 +424,10 @@ class Runner:
             "first_token_s": c.first_token_s,
             "dropped_turns": fitted.dropped_turns,
             "template": c.template,
+            # What the exact text depended on besides prompt and settings (llama.cpp build, CPU
+            # features, threads; see backends/llama_batch.py), and what the KV cache served.
+            "engine": c.extra.get("engine"),
+            "prompt_cache": c.extra.get("prompt_cache"),
             "error": None,
         }
 

@@ -4,7 +4,9 @@ Every model file passes `validate_gguf` before llama.cpp sees it, so a
 missing, truncated or foreign file is a `ModelFileError`, never a crash in C.
 
 Chat template. A GGUF that carries `tokenizer.chat_template` is formatted
-with it (Jinja, as Transformers renders it) and recorded as "gguf:<arch>".
+with it (Jinja, as Transformers renders it) and recorded as
+"gguf:<arch>:<first 12 hex digits of the template text's sha256>", so two
+responses that name the same template were formatted by the same text.
 A GGUF without one (the bundled Gemma 3 270M is a base model) would make
 llama-cpp-python fall back to the llama-2 format silently; instead we write
 a plain transcript ourselves and record "plain-transcript":
@@ -34,16 +36,16 @@ Gemma's own <start_of_turn> tokens 0.05; "User:/Writer:" 0.03 (it drifts
 into autobiography). A 270M base model stays weak whatever the layout.
 `options.chat_format = "plain-transcript"` forces this layout for any model.
 
-Accounting. We hand llama.cpp the token list ourselves, so `prompt_tokens` is
-exact; a thin `Llama` subclass observes the first `eval` of each call (the
-prompt suffix llama.cpp really evaluated after reusing the longest common
-prefix from its KV cache) and every sampled token (so `completion_tokens`
-counts tokens, not streamed pieces, which may hold several tokens or none).
+Generation. `Llama` loads the model and tokenizes; every generation, one
+conversation or several, runs on the batch decoder (backends/llama_batch.py),
+which owns the KV cache and its reproducibility rules. `prompt_tokens` and
+`completion_tokens` are exact token counts.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import time
@@ -70,6 +72,21 @@ INSTRUCTION_MARKER = "### Instruction:"
 RESPONSE_MARKER = "### Response:"
 CHAT_FORMATS = ("auto", "gguf", PLAIN_TRANSCRIPT)
 DEFAULT_N_BATCH = 512
+STUB_N_CTX = 256
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> str:
+    """The CPU features this llama.cpp build uses, e.g. "AVX AVX2 AVX512 F16C FMA" (its numbers depend on them)."""
+    info = llama_cpp.llama_print_system_info()
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    on = []
+    for part in text.replace("|", "\n").splitlines():
+        name, _, value = part.partition("=")
+        name, value = name.strip().removeprefix("CPU :").strip(), value.strip()
+        if value == "1" and name:
+            on.append(name)
+    return " ".join(on)
 
 # --- prompt formatting (shared with a future batched backend) ------------------------
 
@@ -78,7 +95,7 @@ DEFAULT_N_BATCH = 512
 class PromptTemplate:
     """How a conversation becomes the prompt text, and what ends a reply."""
 
-    name: str  # "gguf:<arch>" or "plain-transcript" (stored as Completion.template)
+    name: str  # "gguf:<arch>:<sha12>" or "plain-transcript" (stored as Completion.template)
     jinja: str | None = None  # the GGUF's chat template; None = plain transcript
     bos_token: str = ""
     eos_token: str = ""
@@ -106,8 +123,9 @@ def choose_template(
                 "remove the option to use the plain-transcript fallback"
             )
         return PLAIN_TRANSCRIPT_TEMPLATE
+    digest = hashlib.sha256(info.chat_template.encode("utf-8")).hexdigest()[:12]
     return PromptTemplate(
-        name=f"gguf:{info.architecture}",
+        name=f"gguf:{info.architecture}:{digest}",
         jinja=info.chat_template,
         bos_token=bos_token,
         eos_token=eos_token,
@@ -237,21 +255,15 @@ class GenerationMeter:
         )
 
 
-class _MeteredLlama(Llama):
-    """`Llama` that reports each eval and sample to the current GenerationMeter.
+class _Llama(Llama):
+    """`Llama` with llama.cpp's repacked CPU kernels turned off.
 
-    llama-cpp-python's `generate` reuses the longest common prefix of the KV
-    cache and then calls `eval` with the rest of the prompt; it does not say
-    how much it reused, nor which token ended the turn. Observing here is
-    exact, also when the cache cannot be trimmed and the whole prompt is re-run.
+    The repacked kernels (Q4_K "8x8" tensors) round differently with the number of tokens in
+    a decode call, so a run's text would depend on what else was batched with it
+    (backends/llama_batch.py). Llama has no argument for it: turn them off as Llama.__init__
+    builds its model params.
     """
 
-    meter: GenerationMeter | None = None
-
-    # llama.cpp's repacked CPU kernels (Q4_K "8x8" tensors) round differently with the number
-    # of tokens in a decode call, so a run's text at temperature 0 would depend on what else was
-    # batched with it and on what the cache held before (backends/llama_batch.py). Llama has no
-    # argument for it: turn them off as Llama.__init__ builds its model params.
     @property
     def model_params(self) -> Any:
         return self._model_params
@@ -260,17 +272,6 @@ class _MeteredLlama(Llama):
     def model_params(self, params: Any) -> None:
         params.use_extra_bufts = False
         self._model_params = params
-
-    def eval(self, tokens: Sequence[int]) -> None:
-        if self.meter is not None:
-            self.meter.on_eval(len(tokens))
-        super().eval(tokens)
-
-    def sample(self, *args: Any, **kwargs: Any) -> int:
-        token = super().sample(*args, **kwargs)
-        if self.meter is not None:
-            self.meter.on_sample(token)
-        return token
 
 
 # --- the backend ----------------------------------------------------------------------
@@ -284,7 +285,7 @@ class LlamaBackend:
 
     def __init__(
         self,
-        llm: _MeteredLlama,
+        llm: _Llama,
         *,
         name: str,
         model_path: Path,
@@ -292,15 +293,21 @@ class LlamaBackend:
         gpu_plan: GpuPlan | None = None,
         load_note: str = "",
         gguf_info: GGUFInfo | None = None,
+        n_ctx: int | None = None,
+        n_threads: int = 0,
+        flash_attn: bool = False,
     ) -> None:
-        self._llm: _MeteredLlama | None = llm
+        self._llm: _Llama | None = llm
         self.name = name
         self.model_path = model_path
         self.gguf_info = gguf_info  # the header read before loading (batch sizing reuses it)
         self.template = template
         self.gpu_plan = gpu_plan
         self.load_note = load_note
-        self._n_ctx = int(llm.n_ctx())
+        # The decoder's context size per conversation (the Llama's own context is a small stub).
+        self._n_ctx = int(n_ctx or llm.n_ctx())
+        self.n_threads = n_threads
+        self.flash_attn = flash_attn
         self._bos = int(llm.token_bos())
         self._add_bos = bool(llm._model.add_bos_token()) and self._bos >= 0
         self._grammars: dict[str, LlamaGrammar] = {}
@@ -313,55 +320,13 @@ class LlamaBackend:
         settings: GenerationSettings,
         on_token: TokenCallback | None = None,
     ) -> Completion:
-        """Stream the next assistant turn; StopRequested from on_token aborts and propagates."""
-        llm = self._loaded()
-        prompt = self.tokenize_prompt(messages)
-        self._check_fits(len(prompt))
-        grammar = self._grammar_for(settings.json_schema) if settings.json_schema is not None else None
-        room = self._n_ctx - len(prompt)
-        extra: dict[str, Any] = {}
-        if settings.max_tokens >= room:
-            # llama-cpp-python silently clips max_tokens to what is left of the context; say so.
-            extra["max_tokens_clipped_to"] = room
-        meter = GenerationMeter(prompt_tokens=len(prompt))
-        pieces: list[str] = []
-        finish_reason = "length"
-        llm.meter = meter
-        # A token list as prompt: llama-cpp-python adds no BOS and tokenizes nothing itself.
-        stream = llm.create_completion(
-            prompt,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=settings.seed,
-            stop=[*self.template.stop, *settings.stop] or None,
-            grammar=grammar,
-            stream=True,
-        )
-        try:
-            for chunk in stream:  # type: ignore[union-attr]
-                choice = chunk["choices"][0]
-                if choice["text"]:
-                    pieces.append(choice["text"])
-                    if on_token is not None:
-                        on_token(choice["text"])
-                if choice["finish_reason"]:
-                    finish_reason = choice["finish_reason"]
-        except ValueError as exc:
-            if "exceed context window" in str(exc):
-                raise ContextOverflowError(self._overflow_message(len(prompt))) from exc
-            raise ModelError(f"{self.name}: llama.cpp refused the request: {exc}") from exc
-        except RuntimeError as exc:  # llama_decode failures (out of memory, KV cache full)
-            raise ModelError(
-                f"{self.name}: llama.cpp failed while generating ({exc}) — lower generation.n_ctx "
-                "or the model's n_gpu_layers"
-            ) from exc
-        finally:
-            stream.close()  # type: ignore[union-attr]
-            llm.meter = None
-        last = meter.sampled[-1] if meter.sampled else None
-        is_eog = last is not None and bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, last))
-        return meter.finish("".join(pieces), finish_reason, self.template.name, is_eog=is_eog, extra=extra)
+        """Stream the next assistant turn (a batch of one); StopRequested from on_token aborts and propagates."""
+        self._check_fits(self.count_tokens(messages))
+        stream = None if on_token is None else (lambda _i, piece: on_token(piece))
+        done = self.chat_batch([messages], [settings], stream)[0]
+        if done.finish_reason == "error":
+            raise ModelError(f"{self.name}: {done.extra.get('error') or 'generation failed'}")
+        return done
 
     def chat_batch(
         self,
@@ -383,8 +348,28 @@ class LlamaBackend:
 
     @property
     def kv_cache_tokens(self) -> int:
-        """Tokens llama.cpp holds in its KV cache now (the prefix the next call may reuse)."""
-        return int(self._loaded().n_tokens)
+        """Tokens the fullest KV sequence holds now (0 before the first generation)."""
+        self._loaded()
+        decoder = getattr(self, "_batch_decoder", None)
+        if decoder is None or decoder.closed:
+            return 0
+        return max((len(t) for t in decoder.slot_tokens()), default=0)
+
+    @property
+    def engine_info(self) -> dict[str, Any]:
+        """What a response's exact text depends on besides its prompt and settings (stored with it)."""
+        from .llama_batch import MAX_STEP_TOKENS, PROMPT_CHUNK_TOKENS
+
+        return {
+            "llama_cpp_python": llama_cpp.__version__,
+            "cpu_features": cpu_features(),
+            "n_threads": self.n_threads,
+            "flash_attn": self.flash_attn,
+            "prompt_chunk_tokens": PROMPT_CHUNK_TOKENS,
+            "max_step_tokens": MAX_STEP_TOKENS,
+            "template": self.template.name,
+            "model_file": self.model_path.name,
+        }
 
     def close(self) -> None:
         llm, self._llm = self._llm, None
@@ -444,7 +429,7 @@ class LlamaBackend:
             "raise generation.n_ctx or shorten the conversation"
         )
 
-    def _loaded(self) -> _MeteredLlama:
+    def _loaded(self) -> _Llama:
         if self._llm is None:
             raise ModelError(f"{self.name}: the model was closed; load it again")
         return self._llm
@@ -497,10 +482,12 @@ def create_llama_backend(spec: ModelSpec, generation: GenerationSettingsConfig) 
     if plan.gpu_index is not None and plan.n_gpu_layers != 0:
         kwargs["main_gpu"] = plan.gpu_index
     try:
-        llm = _MeteredLlama(
+        llm = _Llama(
             model_path=str(path),
-            n_ctx=generation.n_ctx,
-            n_batch=min(DEFAULT_N_BATCH, generation.n_ctx),
+            # Generation runs on the batch decoder's own context (llama_batch.py), sized there;
+            # the Llama's context only needs to exist, so it is kept small.
+            n_ctx=min(STUB_N_CTX, generation.n_ctx),
+            n_batch=min(DEFAULT_N_BATCH, STUB_N_CTX, generation.n_ctx),
             n_gpu_layers=plan.n_gpu_layers,
             n_threads=n_threads,
             seed=generation.seed,
@@ -538,4 +525,7 @@ def create_llama_backend(spec: ModelSpec, generation: GenerationSettingsConfig) 
         gpu_plan=plan,
         load_note=note,
         gguf_info=info,
+        n_ctx=generation.n_ctx,
+        n_threads=n_threads,
+        flash_attn=flash_attn,
     )

@@ -1,47 +1,53 @@
-"""Batched generation: several conversations decoded together on one llama.cpp context.
+"""Generation on one llama.cpp context: one or several conversations decoded together.
 
-A small model decoding one sequence is limited by memory bandwidth: every new
-token reads all the weights. Decoding the runs of a sequence in one
-`llama_decode` call reads them once for all runs, so the aggregate tokens/s
-grows almost linearly with the batch width on a CPU.
+Every local generation goes through `BatchDecoder`, a sequential `chat` being
+a batch of one. A small model decoding one sequence is limited by memory
+bandwidth (every token reads all the weights), so decoding the runs of a
+sequence in one `llama_decode` call reads the weights once for all of them.
 
 How it works (llama-cpp-python's low-level API, the one `Llama` wraps):
 
 - `BatchDecoder` owns its own `llama_context` on the already loaded model
-  (no second copy of the weights): `n_seq_max` = width KV sequences of
-  `n_ctx` tokens each, one KV stream per sequence (`kv_unified=False`), so a
-  sequence's attention never scans the other sequences' cells.
+  (no second copy of the weights): `n_seq_max` KV sequences of `n_ctx`
+  tokens each, one KV stream per sequence (`kv_unified=False`).
 - Each conversation gets a *slot* (a KV sequence id) that remembers the
-  tokens its cache holds. A new turn evaluates only what follows the longest
-  common prefix with that history; a conversation whose history changed
-  (dropped turns, another run) has the rest removed and re-evaluated.
-  Conversations go to the slot sharing the longest prefix, so callers need
-  not keep a stable order. A run whose first prompt the previous run of the
-  call has just evaluated copies that cache instead.
-- Prompts are evaluated one sequence at a time; then every step decodes one
-  token of every generating sequence in one call and samples each from its
-  own row of logits, with its own sampler chain and seed.
+  tokens its cache holds; every step decodes one token of every generating
+  sequence in one call, each sampled from its own row of logits with its own
+  sampler chain and seed.
 
-JSON schemas (the judge) are the exception to what follows: their grammar is
-checked after sampling (`_grammar_checked`), much faster than llama-cpp-python's
-check of the whole vocabulary before each token, so a constrained text can
-differ from the sequential one while following the same schema.
+The reproducibility contract. llama.cpp's numbers for a position depend on
+how that position was reached: evaluating a prompt in one call or as 38 + 1
+tokens differs, and by how much differs from CPU to CPU (AVX2 and AVX-512
+kernels disagree on different cases). So the cache is only ever used where
+it is provably the same computation as a fresh one:
 
-Same text as the sequential path. The sampler chain and the stop handling
-copy `Llama.create_completion` (top_k 40, typical_p 1, top_p, min_p 0.05,
-temperature, dist(seed); greedy at temperature 0; an end-of-generation token
-ends a turn; the first stop string cuts the text). The numbers match too,
-which takes care. On CPU (measured with 0.3.36) llama.cpp's logits for a
-token change, by up to ~0.7 on this model, with how the tokens of *its own
-sequence* were split into decode calls — evaluating a prompt in one call or
-as 38 + 1 tokens differs — and, with the repacked Q4_K kernels (which
-`LlamaBackend` therefore turns off), with how many tokens share a call.
-Other sequences in a call change nothing. A greedy or seeded choice between
-near-equal tokens then flips. So each run is evaluated in exactly the pieces
-the sequential path would use: a prompt suffix alone, in `Llama.eval`'s
-chunks, after reusing the same prefix (a first turn reuses the previous
-run's prompt, a later turn the run's own history), and one token per
-sequence per generation step.
+- A prompt is always evaluated as from an empty sequence, in chunks of
+  PROMPT_CHUNK_TOKENS at fixed positions (0-63, 64-127, ...), one sequence
+  per call.
+- A cached prefix (the sequence's own, or another slot's, copied) is reused
+  only in whole chunks that were evaluated exactly that way: same tokens,
+  same chunk boundaries. Tokens generated one at a time are never reused for
+  a later prompt; they are re-evaluated in its chunks.
+- A prompt identical to the last one a slot evaluated (a second run of the
+  same first prompt, a request repeated after a stop) reuses the whole cache
+  *and the logits saved at the end of that evaluation*, so nothing is
+  re-evaluated and nothing differs.
+- Generation steps hold at most MAX_STEP_TOKENS tokens (see there).
+
+So a response depends on the model file, the llama.cpp build and CPU
+kernels, the thread count and flash-attention setting, its prompt tokens and
+its sampling settings and seed — and on nothing else: not on the batch
+width, other runs, what the cache held, a stop or a resume. `engine_info`
+(llama.py) is stored with every response so the first list can be checked.
+
+JSON schemas (the judge): the grammar is checked after sampling
+(`_grammar_checked`), much faster than a check of the whole vocabulary
+before each token.
+
+The sampler chain and the stop handling copy `Llama.create_completion`
+(top_k 40, typical_p 1, top_p, min_p 0.05, temperature, dist(seed); greedy
+at temperature 0; an end-of-generation token ends a turn; the first stop
+string cuts the text).
 
 The context is created on first use and freed with the model (it registers
 itself on the model's exit stack: llama.cpp wants contexts freed before
@@ -77,6 +83,12 @@ log = logging.getLogger(__name__)
 # ones; 1 to 7 tokens match exactly. So 8 runs take two calls of 4 per step (still far fewer
 # weight passes than 8).
 MAX_STEP_TOKENS = 7
+
+# Prompts are evaluated in chunks of this many tokens at fixed positions, so that a cached
+# chunk is bitwise what a fresh evaluation computes (module docstring). 64-token chunks
+# process prompts at 0.83x the speed of 512-token ones on the bundled model (AMD EPYC,
+# AVX-512 build, 2 threads) and let a later turn reuse all but the last <64 prompt tokens.
+PROMPT_CHUNK_TOKENS = 64
 
 # Highest-scored tokens a rejected sample is re-checked among before the whole vocabulary.
 GRAMMAR_SHORTLIST = 1024
@@ -132,15 +144,39 @@ class BatchRequest:
     settings: GenerationSettings
     stops: tuple[str, ...] = ()
     grammar: tuple[str, str] | None = None  # (GBNF text, root rule) for a JSON schema
-    first_turn: bool = False  # no assistant turn yet: the previous run's prompt cache may be copied
 
 
 @dataclass
 class _Slot:
-    """One KV sequence of the batch context and the tokens its cache holds."""
+    """One KV sequence of the batch context and what its cache holds.
+
+    `canon`: the cache's first `canon` tokens are whole prompt chunks evaluated as from an
+    empty sequence (reusable by any prompt that starts with them). `saved`: the last prompt
+    this slot evaluated and the logits at its end, valid while the cache still starts with it.
+    """
 
     seq_id: int
     tokens: list[int] = field(default_factory=list)
+    canon: int = 0
+    saved: tuple[tuple[int, ...], np.ndarray] | None = None
+
+    def reusable(self, prompt: Sequence[int]) -> tuple[int, bool]:
+        """How many of prompt's tokens this cache can serve exactly, and whether with saved logits."""
+        if self.saved is not None and len(self.saved[0]) == len(prompt) and self.saved[0] == tuple(prompt):
+            return len(prompt), True
+        n = min(_longest_common_prefix(self.tokens, prompt), self.canon, len(prompt) - 1)
+        return max(n, 0) // PROMPT_CHUNK_TOKENS * PROMPT_CHUNK_TOKENS, False
+
+    def keep_only(self, n: int) -> None:
+        """Bookkeeping for a cache cut to its first n tokens."""
+        del self.tokens[n:]
+        self.canon = min(self.canon, n)
+        if self.saved is not None and len(self.saved[0]) > n:
+            self.saved = None
+
+    def forget(self) -> None:
+        self.tokens.clear()
+        self.canon, self.saved = 0, None
 
 
 @dataclass
@@ -153,12 +189,12 @@ class _Job:
     stops: list[bytes]
     max_tokens: int
     meter: GenerationMeter
-    first_turn: bool  # no assistant turn yet: the previous run's prompt cache may be copied
     extra: dict[str, Any]
     slot: _Slot | None = None
     sampler: Any = None
     grammar: Any = None  # a JSON schema's grammar sampler, checked after sampling (see _sample)
     feed: list[int] = field(default_factory=list)  # tokens to evaluate next, in order
+    logits: np.ndarray | None = None  # saved logits of the whole cached prompt (nothing to evaluate)
     completion: list[int] = field(default_factory=list)
     raw: bytearray = field(default_factory=bytearray)
     checked_bytes: int = 0  # raw is searched for stop strings up to here
@@ -182,8 +218,8 @@ class BatchDecoder:
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = n_seq
         params.n_ctx = n_ctx_seq * n_seq
-        params.n_batch = max(int(params.n_batch), n_seq)
-        params.n_ubatch = max(int(params.n_ubatch), n_seq)
+        params.n_batch = max(int(params.n_batch), n_seq, PROMPT_CHUNK_TOKENS)
+        params.n_ubatch = max(int(params.n_ubatch), n_seq, PROMPT_CHUNK_TOKENS)
         params.kv_unified = False  # one KV stream per sequence: attention cost per sequence stays its own
         # Gemma 3's sliding-window layers: without the full-size cache llama.cpp cannot trim a
         # sequence back to a common prefix and would re-evaluate the whole conversation each turn.
@@ -200,7 +236,7 @@ class BatchDecoder:
         # llama.cpp may round the context up; clip generation as the sequential context would.
         self.n_ctx_seq = min(n_ctx_seq, int(llama_cpp.llama_n_ctx_seq(ctx)))
         self.n_batch = int(params.n_batch)
-        self.n_prefill = int(llm.n_batch)  # Llama.eval's chunk size: prompts are evaluated in these
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(i) for i in range(n_seq)]
         self._piece_buf = ctypes.create_string_buffer(64)
@@ -226,7 +262,7 @@ class BatchDecoder:
         if self._ctx is not None:
             llama_cpp.llama_memory_clear(self._memory, True)
         for slot in self._slots:
-            slot.tokens.clear()
+            slot.forget()
 
     def slot_tokens(self) -> list[list[int]]:
         """What each KV sequence holds (for tests and diagnostics)."""
@@ -240,8 +276,12 @@ class BatchDecoder:
         template: str,
         on_token: BatchTokenCallback | None = None,
         on_done: Callable[[int, Completion], None] | None = None,
+        engine: dict[str, Any] | None = None,
     ) -> list[Completion]:
         """Generate the next turn of every request together; on_done fires as each finishes.
+
+        `engine` (what the numbers depend on) goes into every Completion's extra["engine"],
+        with the batch width added.
 
         A prompt that does not fit its sequence's context gets a Completion with
         finish_reason "error" (and extra["error"]); the others go on. StopRequested
@@ -256,6 +296,8 @@ class BatchDecoder:
         results: list[Completion | None] = [None] * len(requests)
         for i, request in enumerate(requests):
             job = self._new_job(i, request, started)
+            if engine is not None:
+                job.extra["engine"] = {**engine, "batch_width": len(requests)}
             if job.result is not None:
                 results[i] = job.result
                 if on_done is not None:
@@ -286,7 +328,7 @@ class BatchDecoder:
         if settings.max_tokens >= room:
             extra["max_tokens_clipped_to"] = room
         stops = [s.encode() for s in request.stops if s]
-        job = _Job(index, list(prompt), settings, stops, max_tokens, meter, request.first_turn, extra)
+        job = _Job(index, list(prompt), settings, stops, max_tokens, meter, extra)
         if not prompt or room <= 0:
             message = (
                 f"the prompt takes {len(prompt)} tokens but each batched conversation holds "
@@ -296,36 +338,38 @@ class BatchDecoder:
         return job
 
     def _assign_slots(self, jobs: list[_Job]) -> None:
-        """Give each job the free slot sharing the longest prefix, and trim that slot to it."""
+        """Give each job the free slot whose cache serves most of its prompt, and cut that cache to it."""
         free = list(self._slots)
-        # Best pairs first; ties go to the earlier job and the lower slot (deterministic).
-        ranked = sorted(
-            (-_longest_common_prefix(s.tokens, j.prompt), j.index, n)
-            for j in jobs
-            for n, s in enumerate(free)
-        )
+        # Best pairs first (an exact match before an equally long prefix); ties go to the earlier
+        # job and the lower slot, and then to the slot holding the longest common prefix (kept warm).
+        ranked = []
+        for j in jobs:
+            for n, s in enumerate(free):
+                keep, exact = s.reusable(j.prompt)
+                ranked.append((-keep, not exact, j.index, -_longest_common_prefix(s.tokens, j.prompt), n))
         by_index = {j.index: j for j in jobs}
         taken: set[int] = set()
-        for neg_lcp, index, n in ranked:
+        for neg_keep, inexact, index, _lcp, n in sorted(ranked):
             job = by_index[index]
             if job.slot is not None or n in taken:
                 continue
             taken.add(n)
             job.slot = free[n]
-            self._trim(job, -neg_lcp)
+            self._reuse(job, -neg_keep, not inexact)
 
-    def _trim(self, job: _Job, lcp: int) -> None:
+    def _reuse(self, job: _Job, keep: int, exact: bool) -> None:
+        """Cut the job's slot to the `keep` tokens it reuses; the rest of the prompt is to evaluate."""
         assert job.slot is not None
         slot = job.slot
-        # The whole prompt cached: evaluate its last token again, for fresh logits (as Llama.generate does).
-        keep = min(lcp, len(job.prompt) - 1)
-        # Always trim, even when nothing is to be dropped: the cache must hold exactly slot.tokens.
+        # Always cut, even when nothing is to be dropped: the cache must hold exactly slot.tokens.
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
             # Some caches (recurrent models) cannot drop a tail: start the sequence over.
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            keep = 0
-        del slot.tokens[keep:]
+            keep, exact = 0, False
+        slot.keep_only(keep)
         job.feed = job.prompt[keep:]
+        job.logits = slot.saved[1] if exact and slot.saved is not None else None
+        job.extra["prompt_cache"] = "whole prompt and its logits" if job.logits is not None else f"{keep} tokens"
 
     def _make_grammar(self, grammar: tuple[str, str] | None) -> Any:
         if grammar is None:
@@ -367,7 +411,7 @@ class BatchDecoder:
         """Prompts one sequence at a time, then one token of every sequence per decode call."""
         active: list[_Job] = []
 
-        def sampled(job: _Job, row: int) -> None:
+        def sampled(job: _Job, row: int | np.ndarray) -> None:
             if self._sample(job, row, on_token):
                 results[job.index] = job.result = self._finish(job, template, on_token)
                 if on_done is not None:
@@ -375,22 +419,15 @@ class BatchDecoder:
             else:
                 active.append(job)
 
-        # Prompts, mirroring what the sequential path evaluates for each run (the module
-        # docstring says why that matters). There, a first turn finds the previous run's
-        # conversation in the single cache; a later turn finds the run's own earlier turns.
-        # So a first-turn job takes the previous job's prefix when that is longer than what
-        # its own slot holds. A suffix of more than one token is then decoded alone, in
-        # Llama.eval's chunks; a single token joins the next generation step.
-        previous: _Job | None = None
+        # Prompts, one sequence at a time, in request order; a job may first copy a better
+        # exact prefix from another slot (a second run of the same first prompt copies the first's).
         for job in sorted(jobs, key=lambda j: j.index):
-            if job.first_turn and previous is not None:
-                self._take_prefix(previous, job)
-            if len(job.feed) > 1:
-                sampled(job, self._prefill(job))
+            self._take_prefix(job)
+            if job.logits is not None:
+                job.meter.on_eval(0)
+                sampled(job, job.logits)
             else:
-                job.meter.on_eval(len(job.feed))
-                active.append(job)
-            previous = job
+                sampled(job, self._prefill(job))
 
         # Generation: one token per sequence per call, in seq id order, at most
         # MAX_STEP_TOKENS tokens per llama_decode call (more switch kernels, see there).
@@ -463,46 +500,72 @@ class BatchDecoder:
         batch.logits[n] = 1 if logits else 0
 
     def _prefill(self, job: _Job) -> int:
-        """Decode a job's prompt suffix alone; the batch row of its last token's logits."""
+        """Decode a job's prompt suffix alone, in chunks at fixed positions; the batch row of its logits.
+
+        The suffix starts at a chunk boundary (`_Slot.reusable` keeps whole chunks only), so the
+        chunks are those a fresh evaluation of the whole prompt would decode.
+        """
         assert job.slot is not None
+        slot = job.slot
         job.meter.on_eval(len(job.feed))
         feed, job.feed = job.feed, []
         batch = self._batch
         chunk: list[int] = []
-        for start in range(0, len(feed), self.n_prefill):
-            chunk = feed[start : start + self.n_prefill]
-            pos0 = len(job.slot.tokens)
+        for start in range(0, len(feed), PROMPT_CHUNK_TOKENS):
+            chunk = feed[start : start + PROMPT_CHUNK_TOKENS]
+            pos0 = len(slot.tokens)
             for k, token in enumerate(chunk):
                 batch.token[k] = token
                 batch.pos[k] = pos0 + k
                 batch.n_seq_id[k] = 1
-                batch.seq_id[k][0] = job.slot.seq_id
+                batch.seq_id[k][0] = slot.seq_id
                 batch.logits[k] = 0
             batch.logits[len(chunk) - 1] = 1
             batch.n_tokens = len(chunk)
             self._decode([job])
-            job.slot.tokens.extend(chunk)
-        return len(chunk) - 1
+            slot.tokens.extend(chunk)
+            if len(chunk) == PROMPT_CHUNK_TOKENS:
+                slot.canon = len(slot.tokens)
+        row = len(chunk) - 1
+        # Kept so that the same prompt again (another run, a retry after a stop) needs no decode.
+        slot.saved = (tuple(job.prompt), self._logits_row(row).copy())
+        return row
 
-    def _take_prefix(self, source: _Job, target: _Job) -> None:
-        """Copy source's cache into target's sequence when it shares more of target's prompt.
+    def _logits_row(self, row: int) -> np.ndarray:
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,))
+
+    def _take_prefix(self, target: _Job) -> None:
+        """Copy another slot's cache into target's sequence when it serves more of target's prompt.
 
         Between two KV streams llama.cpp copies only whole sequences (p0 = p1 = -1), at the
         next decode, in order; the bookkeeping changes at once, so the tail is dropped now.
-        The copied values are bitwise the source's.
+        The copied values are bitwise the source's, and only exact chunks are kept.
         """
-        assert source.slot is not None and target.slot is not None
-        own = len(target.prompt) - len(target.feed)
-        shared = _longest_common_prefix(source.slot.tokens, target.prompt)
-        keep = min(shared, len(target.prompt) - 1)
-        if keep <= own:
+        assert target.slot is not None
+        own = len(target.prompt) - len(target.feed) + (1 if target.logits is not None else 0)
+        best: tuple[int, bool, _Slot] | None = None
+        for slot in self._slots:
+            if slot is target.slot or not slot.tokens:
+                continue
+            keep, exact = slot.reusable(target.prompt)
+            score = keep + (1 if exact else 0)
+            if score > own and (best is None or score > best[0] + (1 if best[1] else 0)):
+                best = (keep, exact, slot)
+        if best is None:
             return
+        keep, exact, source = best
         llama_cpp.llama_memory_seq_rm(self._memory, target.slot.seq_id, -1, -1)
-        llama_cpp.llama_memory_seq_cp(self._memory, source.slot.seq_id, target.slot.seq_id, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self._memory, source.seq_id, target.slot.seq_id, -1, -1)
         llama_cpp.llama_memory_seq_rm(self._memory, target.slot.seq_id, keep, -1)
-        target.slot.tokens = list(source.slot.tokens[:keep])
+        slot = target.slot
+        slot.tokens, slot.canon, slot.saved = list(source.tokens), source.canon, source.saved
+        slot.keep_only(keep)
         target.feed = target.prompt[keep:]
+        target.logits = slot.saved[1] if exact and slot.saved is not None else None
         target.extra["prompt_tokens_copied"] = keep
+        target.extra["prompt_cache"] = (
+            "whole prompt and its logits, copied" if target.logits is not None else f"{keep} tokens, copied"
+        )
 
     def _decode(self, jobs: list[_Job]) -> None:
         status = llama_cpp.llama_decode(self._ctx, self._batch)
@@ -513,18 +576,26 @@ class BatchDecoder:
                 "(out of memory or KV cache full) — lower generation.parallel_runs or generation.n_ctx"
             )
 
-    def _sample(self, job: _Job, row: int, on_token: BatchTokenCallback | None) -> bool:
-        """Sample the job's next token from a logits row; True when the job is finished."""
-        token = llama_cpp.llama_sampler_sample(job.sampler, self._ctx, row)
+    def _sample(self, job: _Job, row: int | np.ndarray, on_token: BatchTokenCallback | None) -> bool:
+        """Sample the job's next token from a logits row (or saved logits); True when it is finished."""
+        if isinstance(row, np.ndarray):
+            logits = row
+            # What llama_sampler_sample does with a context's row: every token, the chain, accept.
+            cand = self._all_candidates(logits)
+            token = self._apply(job.sampler, cand)
+            llama_cpp.llama_sampler_accept(job.sampler, token)
+        else:
+            token = llama_cpp.llama_sampler_sample(job.sampler, self._ctx, row)
+            logits = None
         if job.grammar is not None:
-            token = self._grammar_checked(job, row, token)
+            token = self._grammar_checked(job, self._logits_row(row) if logits is None else logits, token)
         job.meter.on_sample(token)
         if self._accept(job, token, on_token):
             return True
         job.feed = [token]
         return False
 
-    def _grammar_checked(self, job: _Job, row: int, token: int) -> int:
+    def _grammar_checked(self, job: _Job, logits: np.ndarray, token: int) -> int:
         """The sampled token if the grammar allows it, else one sampled among the allowed ones.
 
         Checking a grammar against every token of the vocabulary at every step (262k
@@ -537,14 +608,14 @@ class BatchDecoder:
         single = llama_cpp.llama_token_data_array(one, 1, -1, False)
         llama_cpp.llama_sampler_apply(job.grammar, ctypes.byref(single))
         if one[0].logit == float("-inf"):
-            token = self._resample_with_grammar(job, row)
+            token = self._resample_with_grammar(job, logits)
             if token < 0:
                 raise ModelError("the grammar allows no token here — the JSON schema cannot be completed")
         if not llama_cpp.llama_vocab_is_eog(self._vocab, token):  # an end token ends the job instead
             llama_cpp.llama_sampler_accept(job.grammar, token)
         return token
 
-    def _resample_with_grammar(self, job: _Job, row: int) -> int:
+    def _resample_with_grammar(self, job: _Job, logits: np.ndarray) -> int:
         """Sample among the tokens the grammar allows: from the best-scored ones when that is exact.
 
         The sampler chain keeps at most TOP_K tokens (1 when greedy), the highest-scored
@@ -552,8 +623,7 @@ class BatchDecoder:
         allowed tokens, no token outside them could be chosen, so the grammar is checked
         on the shortlist only; otherwise on the whole vocabulary.
         """
-        n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, row), shape=(n_vocab,))
+        n_vocab = self.n_vocab
         need = 1 if job.settings.temperature == 0 else TOP_K
         if n_vocab > GRAMMAR_SHORTLIST:
             ids = np.argpartition(logits, -GRAMMAR_SHORTLIST)[-GRAMMAR_SHORTLIST:]
@@ -563,13 +633,18 @@ class BatchDecoder:
             allowed = short[np.isfinite(short["logit"])]
             if len(allowed) >= need:
                 return self._apply(job.sampler, np.ascontiguousarray(allowed))
-        if self._candidates is None or len(self._candidates) != n_vocab:
-            self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-        cand = self._candidates
-        # All three columns, every time: the samplers sort the array in place.
-        cand["id"], cand["logit"], cand["p"] = np.arange(n_vocab, dtype=np.int32), logits, 0.0
+        cand = self._all_candidates(logits)
         self._apply(job.grammar, cand)
         return self._apply(job.sampler, cand)
+
+    def _all_candidates(self, logits: np.ndarray) -> np.ndarray:
+        """The whole vocabulary as a llama_token_data array, in token order (reused buffer)."""
+        if self._candidates is None or len(self._candidates) != self.n_vocab:
+            self._candidates = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
+        cand = self._candidates
+        # All three columns, every time: the samplers sort the array in place.
+        cand["id"], cand["logit"], cand["p"] = np.arange(self.n_vocab, dtype=np.int32), logits, 0.0
+        return cand
 
     @staticmethod
     def _apply(sampler: Any, candidates: np.ndarray) -> int:
@@ -644,7 +719,7 @@ class BatchDecoder:
         for job in jobs:
             if job.slot is not None:
                 llama_cpp.llama_memory_seq_rm(self._memory, job.slot.seq_id, -1, -1)
-                job.slot.tokens.clear()
+                job.slot.forget()
 
 
 # --- the backend side -----------------------------------------------------------------
@@ -689,8 +764,7 @@ def chat_batch(
                 settings=s,
                 stops=(*template.stop, *s.stop),
                 grammar=grammar,
-                first_turn=not any(m["role"] == "assistant" for m in messages),
             )
         )
     decoder = decoder_for(backend, len(requests))
-    return decoder.generate(requests, template.name, on_token, on_done)
+    return decoder.generate(requests, template.name, on_token, on_done, engine=backend.engine_info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -22,6 +23,7 @@ from storybench_core.backends.llama import (
     create_llama_backend,
     format_prompt,
 )
+from storybench_core.backends.llama_batch import PROMPT_CHUNK_TOKENS
 from storybench_core.config import GenerationSettingsConfig, ModelSpec
 from storybench_core.errors import (
     ConfigError,
@@ -112,7 +114,11 @@ def test_choose_template_follows_the_gguf(tmp_path: Path) -> None:
     with_template = read_gguf_info(write_tiny_gguf(tmp_path / "chat.gguf", chat_template=STRICT_TEMPLATE))
     without = read_gguf_info(write_tiny_gguf(tmp_path / "base.gguf"))
     chosen = choose_template(with_template, bos_token="<s>")
-    assert (chosen.name, chosen.jinja, chosen.bos_token) == ("gguf:llama", STRICT_TEMPLATE, "<s>")
+    digest = hashlib.sha256(STRICT_TEMPLATE.encode()).hexdigest()[:12]
+    assert (chosen.name, chosen.jinja, chosen.bos_token) == (f"gguf:llama:{digest}", STRICT_TEMPLATE, "<s>")
+    # Another template text, another name: the name identifies the text, not only the architecture.
+    other = read_gguf_info(write_tiny_gguf(tmp_path / "other.gguf", chat_template=STRICT_TEMPLATE + " "))
+    assert choose_template(other).name not in (chosen.name, "gguf:llama")
     assert choose_template(without) is PLAIN_TRANSCRIPT_TEMPLATE
     assert choose_template(with_template, PLAIN_TRANSCRIPT).name == PLAIN_TRANSCRIPT
     with pytest.raises(ConfigError, match="no chat template"):
@@ -192,7 +198,9 @@ def test_three_turn_conversation_streams_and_reuses_the_prefix(backend: LlamaBac
     assert backend.template.name == PLAIN_TRANSCRIPT
     assert "template plain-transcript" in backend.load_note and "n_ctx 2048" in backend.load_note
     assert backend.gpu_plan is not None and backend.context_size() == 2048
-    messages: list[Message] = [SYSTEM]
+    # A system prompt longer than one prompt chunk, so later turns have whole chunks to reuse.
+    long_system: Message = {"role": "system", "content": SYSTEM["content"] + " " + STYLE_GUIDE}
+    messages: list[Message] = [long_system]
     results = []
     for turn, brief in enumerate(BRIEFS):
         messages.append({"role": "user", "content": brief})
@@ -208,10 +216,24 @@ def test_three_turn_conversation_streams_and_reuses_the_prefix(backend: LlamaBac
         messages.append({"role": "assistant", "content": done.text})
     assert results[0].prompt_tokens_evaluated == results[0].prompt_tokens  # nothing cached yet
     for before, after in itertools.pairwise(results):
-        # Only the new turn (plus the re-tokenized tail of the previous reply) is evaluated.
+        # Whole prompt chunks of the history are reused; the rest of the previous prompt's last
+        # chunk, the reply (generated one token at a time) and the new turn are evaluated.
         assert after.prompt_tokens_evaluated is not None
-        assert 0 < after.prompt_tokens_evaluated < after.prompt_tokens - before.prompt_tokens + 16
-        assert after.prompt_tokens_evaluated < after.prompt_tokens / 2
+        reused = after.prompt_tokens - after.prompt_tokens_evaluated
+        assert reused >= PROMPT_CHUNK_TOKENS and reused % PROMPT_CHUNK_TOKENS == 0
+        assert (
+            0
+            < after.prompt_tokens_evaluated
+            < after.prompt_tokens - before.prompt_tokens + PROMPT_CHUNK_TOKENS
+        )
+
+
+STYLE_GUIDE = (
+    "Write in the third person and the past tense. Prefer concrete nouns and active verbs to "
+    "adjectives. Let the characters reveal themselves through what they do and say, not through "
+    "what the narrator explains. Keep each scene in one place and one stretch of time, and end it "
+    "on a change: a decision, a discovery or a loss. Avoid cliches and stock phrases."
+)
 
 
 def _fill_cache_with_another_conversation(backend: LlamaBackend) -> None:
@@ -225,7 +247,6 @@ def test_same_seed_same_text(backend: LlamaBackend) -> None:
     messages = [SYSTEM, {"role": "user", "content": BRIEFS[0]}]
     _fill_cache_with_another_conversation(backend)
     warm = backend.chat(messages, _settings(seed=11, max_tokens=24))
-    assert warm.prompt_tokens_evaluated is not None and warm.prompt_tokens_evaluated < warm.prompt_tokens
     fresh = create_llama_backend(ModelSpec(kind="bundled"), _generation(n_ctx=2048, max_tokens=64))
     try:
         cold = fresh.chat(messages, _settings(seed=11, max_tokens=24))
@@ -235,8 +256,8 @@ def test_same_seed_same_text(backend: LlamaBackend) -> None:
     assert warm.text == cold.text
     other = backend.chat(messages, _settings(seed=12, max_tokens=24))
     assert other.text != warm.text
-    # The whole prompt was cached: llama.cpp re-ran only its last token for fresh logits.
-    assert other.prompt_tokens_evaluated is not None and other.prompt_tokens_evaluated <= 1
+    # The whole prompt was cached with its logits: nothing evaluated again.
+    assert other.prompt_tokens_evaluated == 0
 
 
 @pytest.mark.slow
