@@ -42,10 +42,11 @@ bench-batched: setup
 	$(PY) bench/batched.py
 	$(PY) bench/batched.py --widths 3 --skip-local --llama-server "$$(bash bench/llama_server.sh)"
 
-## Rebuild llama-cpp-python from source with this machine's flags (AMX off), ignoring pip's wheel cache.
-rebuild-llama: setup
-	CMAKE_ARGS="$$(bash scripts/cmake_args.sh)" $(PY) -m pip install --no-cache-dir --force-reinstall --no-deps \
-		"$$(grep '^llama-cpp-python' requirements.txt)"
+## Rebuild llama-cpp-python from source with this machine's flags (AMX off), ignoring every wheel cache.
+rebuild-llama:
+	rm -rf "$${STORYBENCH_WHEEL_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/storybench/wheels}"
+	rm -f $(VENV)/.storybench-*.stamp
+	@bash scripts/setup.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache tests/artifacts

@@ -30,6 +30,20 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   say "installing $REQ (llama-cpp-python builds from source the first time: 5-7 min on 2 cores)"
   say "llama.cpp CMAKE_ARGS: $CMAKE_ARGS"
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  # pip's own wheel cache keys a built wheel by the sdist only, not by CMAKE_ARGS: a home
+  # folder moved to a CPU without AVX-512 would get an AVX-512 wheel and die with SIGILL.
+  # So llama-cpp-python is built once per (version, flags) into a folder named by both.
+  LLAMA_PIN=$(grep '^llama-cpp-python' requirements.txt)
+  WHEEL_KEY=$(printf '%s\n%s\n' "$LLAMA_PIN" "$CMAKE_ARGS" | sha256sum | cut -c1-16)
+  WHEELS="${STORYBENCH_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/storybench/wheels}/$WHEEL_KEY"
+  if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    say "building llama-cpp-python for these flags into $WHEELS"
+    mkdir -p "$WHEELS"
+    "$VENV/bin/python" -m pip wheel -q --no-deps --no-cache-dir -w "$WHEELS" "${LLAMA_PIN%%\[*}==${LLAMA_PIN##*==}" 2>&1 \
+      | grep -v '^WARNING: Location' || true
+  fi
+  "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$WHEELS"/llama_cpp_python-*.whl 2>&1 \
+    | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q -r "$REQ" 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -c 'import llama_cpp, streamlit, storybench_core' \

@@ -41,6 +41,16 @@ def _llama() -> list[Check]:
     ]
     system = str(info.get("system_info", ""))
     checks.append(Check("llama.cpp build flags", "ok", system.strip() or "(no system info reported)"))
+    missing = missing_cpu_features(system, _cpu_flags())
+    if missing:
+        checks.append(
+            Check(
+                "CPU features",
+                "fail",
+                f"llama.cpp was built for {', '.join(missing)}, which this CPU lacks: it would crash with an "
+                "illegal instruction — rebuild for this machine with `make rebuild-llama`",
+            )
+        )
     if "AMX_INT8 = 1" in system or "AMX = 1" in system:
         checks.append(
             Check(
@@ -51,6 +61,43 @@ def _llama() -> list[Check]:
             )
         )
     return checks
+
+
+# llama.cpp's feature names (llama_print_system_info) and the /proc/cpuinfo flag each needs.
+_FEATURE_FLAGS = {
+    "AVX": "avx",
+    "AVX2": "avx2",
+    "AVX512": "avx512f",
+    "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16",
+    "AVX_VNNI": "avx_vnni",
+    "FMA": "fma",
+    "F16C": "f16c",
+    "AMX_INT8": "amx_int8",
+}
+
+
+def missing_cpu_features(system_info: str, cpu_flags: set[str] | None) -> list[str]:
+    """Features the llama.cpp build uses that the CPU does not list (empty when flags are unknown)."""
+    if not cpu_flags:
+        return []
+    used = {
+        part.split("=")[0].strip().removeprefix("CPU :").strip()
+        for part in system_info.split("|")
+        if part.strip().endswith("= 1")
+    }
+    return sorted(name for name, flag in _FEATURE_FLAGS.items() if name in used and flag not in cpu_flags)
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
 
 
 def _store(uri: str | None) -> Check:
