@@ -1,15 +1,17 @@
-"""Storybench dashboard: `streamlit run streamlit_app.py` (or `make run`).
+"""Storybench dashboard: `make run` / `storybench serve` (storybench_server.py runs this script).
 
-The pages are registered explicitly with st.navigation; the sidebar shows the
-store and the worker. The server owns one background worker (ui.services)
-that runs queued evaluations, so pages only read and write the store.
+The pages are registered explicitly with st.navigation; the sidebar shows who is
+signed in, the store and the worker. Everyone signs in first when sign-in is
+configured (ui.auth); pages act as the session's principal. The server owns one
+background worker (ui.services; `storybench serve` starts it with the server) that
+runs queued evaluations, so pages only read and write the store.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import services, widgets
+from ui import auth, services, widgets
 
 st.set_page_config(page_title="Storybench", page_icon=":material/auto_stories:", layout="wide")
 
@@ -22,16 +24,31 @@ PAGES = [
     st.Page("app_pages/results.py", title="Results", icon=":material/table_chart:"),
     st.Page("app_pages/models.py", title="Models", icon=":material/download:"),
     st.Page("app_pages/vote.py", title="Vote", icon=":material/how_to_vote:"),
+    st.Page("app_pages/activity.py", title="Activity", icon=":material/history:"),
     st.Page("app_pages/hardware.py", title="Hardware", icon=":material/memory:"),
 ]
 
-page = st.navigation(PAGES)
+try:  # who may use this server: a misconfigured or unsafe one shows why and serves nothing
+    mode = auth.server_mode()
+except Exception as exc:
+    widgets.show_error(exc, "checking who may use this server")
+    st.stop()
 
 with widgets.guarded("starting the background worker"):
-    services.worker()  # one per server process; claims queued evaluations
+    services.worker()  # one per server process (storybench serve starts it with the server)
+
+try:
+    me = auth.sign_in_gate()  # the sign-in screen, and a stop, for anyone not signed in
+except Exception as exc:
+    widgets.show_error(exc, "signing you in")
+    st.stop()
+
+page = st.navigation(PAGES)
 
 with st.sidebar:
+    auth.sidebar_identity(mode, me)
     widgets.sidebar_status()
 
+auth.notice(mode)
 with widgets.guarded(f"showing the {page.title} page"):
     page.run()

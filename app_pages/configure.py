@@ -12,14 +12,15 @@ from typing import Any
 
 import streamlit as st
 
-from storybench_core import jobs
+from storybench_core import access, jobs
 from storybench_core.backends.presets import list_presets
 from storybench_core.config import config_to_dict
 from storybench_core.views import configure as view
-from ui import services, widgets
+from ui import auth, services, widgets
 
 PAGE = "configure"
 VALUES, MODELS, BASE, QUEUED = f"{PAGE}.values", f"{PAGE}.models", f"{PAGE}.base", f"{PAGE}.queued"
+principal = auth.principal()
 
 
 def key(name: str) -> str:
@@ -108,16 +109,24 @@ with st.expander("Load, save, upload or download a configuration", icon=":materi
             st.button("Load", key=key("load"), on_click=load_saved, icon=":material/upload_file:")
         else:
             st.caption("No saved configurations yet.")
-        st.button(
-            f"Save as '{slug or '…'}'",
-            key=key("save"),
-            disabled=slug is None,
-            icon=":material/save:",
-            help="Saves the checked configuration under its name (Run can queue saved ones).",
-            on_click=widgets.run_action,
-            args=(PAGE, "saving the configuration", view.save_named_config, check.config),
-            kwargs={"done": f"Saved as '{values['name']}'."},
-        )
+        if access.allowed(principal, "save_config"):
+            st.button(
+                f"Save as '{slug or '…'}'",
+                key=key("save"),
+                disabled=slug is None,
+                icon=":material/save:",
+                help="Saves the checked configuration under its name (Run can queue saved ones).",
+                on_click=widgets.run_action,
+                args=(
+                    PAGE,
+                    "saving the configuration",
+                    view.save_named_config,
+                    check.config,
+                    principal,
+                    widgets.require_store(),
+                ),
+                kwargs={"done": f"Saved as '{values['name']}'."},
+            )
     with file_col:
         st.file_uploader(
             "Upload a JSON config", type=["json", "yaml", "yml"], key=key("upload"), on_change=load_upload
@@ -154,7 +163,7 @@ for index, row in enumerate(view.models_frame(models).to_dict("records")):
         )
 
 ADD_FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "bundled": ("Bundled", ("name",)),
+    "bundled": ("Bundled", ("builtin", "name")),
     "hf": ("Hugging Face", ("repo_id", "filename", "subdirectory", "revision", "name")),
     "path": ("Local file", ("path", "name")),
     "api": ("API", ("preset", "api_model", "api_key_env", "name")),
@@ -166,7 +175,14 @@ with st.expander("Add a model", icon=":material/add:", expanded=not models):
     ):
         with tab, st.form(key(f"add.{kind}"), clear_on_submit=False, border=False):
             if kind == "bundled":
-                st.caption("Gemma 3 270M (Q4_K_M), packaged with Storybench: small, fast, a baseline.")
+                builtins = view.builtin_choices()
+                st.selectbox(
+                    "Built-in model",
+                    list(builtins),
+                    key=key("add.bundled.builtin"),
+                    format_func=builtins.get,
+                    help="Packaged with Storybench: no download.",
+                )
             elif kind == "hf":
                 repo_col, file_col = st.columns(2)
                 repo_col.text_input("Repository id", key=key("add.hf.repo_id"), placeholder="owner/name")
@@ -270,9 +286,11 @@ with st.form(key("form")):
 
     check_col, queue_col = st.columns(2)
     check_col.form_submit_button("Check", icon=":material/check:", width="stretch")
-    queue_clicked = queue_col.form_submit_button(
+    queue_clicked = access.allowed(principal, "queue") and queue_col.form_submit_button(
         "Queue run", type="primary", icon=":material/play_arrow:", width="stretch"
     )
+    if not access.allowed(principal, "queue"):
+        queue_col.caption(f"Queueing and saving need the operator role; you are a {principal.role}.")
 
 if check.ok:
     st.success(
@@ -286,7 +304,7 @@ else:
 
 if queue_clicked and check.config is not None:
     with widgets.guarded("queueing the run"):
-        st.session_state[QUEUED] = jobs.enqueue(widgets.require_store(), check.config)
+        st.session_state[QUEUED] = jobs.enqueue(widgets.require_store(), check.config, principal)
         services.refresh_after_write()
 if st.session_state.get(QUEUED):
     queued = st.session_state[QUEUED]

@@ -9,12 +9,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from storybench_core import charts, jobs, ratings, results
+from storybench_core import access, archive, charts, jobs, ratings, results
 from storybench_core.store.base import Doc
+from storybench_core.text_safety import safe_inline, safe_markdown
 from storybench_core.views import results as results_view
 from storybench_core.views import run as run_view
 from storybench_core.views import scores as scores_view
-from ui import services, widgets
+from ui import auth, services, widgets
 
 PAGE = "results"
 PICK_EVALUATION = (
@@ -36,9 +37,13 @@ SCORE_CHARTS = (
 st.title("Results")
 store = widgets.require_store()
 widgets.show_flash(PAGE)
+principal = auth.principal()
 
+# Archived evaluations keep their data but leave Results (restore them on Run).
 evaluations = services.evaluations()
-frame = results_view.responses_frame(services.responses())
+archived = {d["id"] for d in evaluations if archive.is_archived(d)}
+evaluations = archive.visible(evaluations)
+frame = results_view.without_evaluations(results_view.responses_frame(services.responses()), archived)
 if frame.empty:
     st.info("No responses stored yet. Queue a run on **Configure** and watch it on **Run**.")
     st.page_link("app_pages/configure.py", label="Open Configure", icon=":material/tune:")
@@ -153,7 +158,7 @@ with responses_tab:
     doc = services.response(chosen) if chosen else None
     if doc is not None:
         detail = results_view.response_detail(doc)
-        st.subheader(detail.title)
+        st.subheader(safe_inline(detail.title))
         prompt_col, answer_col = st.columns(2)
         with prompt_col:
             st.markdown("**Prompt**")
@@ -163,14 +168,14 @@ with responses_tab:
             st.markdown("**Response**")
             with st.container(border=True):
                 if detail.error:
-                    st.error(detail.error, icon=":material/error:")
+                    st.error(safe_markdown(detail.error), icon=":material/error:")
                 st.text(detail.response_text or "(empty)")
         with st.expander(f"Conversation the model saw ({len(detail.conversation)} messages)"):
             for message in detail.conversation:
                 with st.chat_message(message["role"] if message["role"] in ("user", "assistant") else "ai"):
                     st.caption(message["role"])
                     st.text(message["content"])
-        st.caption(detail.facts_line)
+        st.caption(safe_inline(detail.facts_line))
 
 with charts_tab:
     points = results_view.chart_frame(shown)
@@ -195,6 +200,9 @@ JUDGING = bool((state := services.judge_jobs().state(evaluation_id or "")) and s
 
 def judge_panel(evaluation: Doc) -> None:
     """The judge controls; a fragment rerun happens outside the page's error guard, so guard it here."""
+    if not access.allowed(principal, "judge"):
+        st.caption(f"Judging needs the operator role; you are a {principal.role}.")
+        return
     with widgets.guarded("showing the judge controls"):
         judge_controls(evaluation)
 
@@ -227,7 +235,7 @@ def judge_controls(evaluation: Doc) -> None:
         width="stretch",
         disabled=JUDGING,
         on_click=widgets.run_action,
-        args=(PAGE, "starting the judge", services.judge_now, eid, options[label], label),
+        args=(PAGE, "starting the judge", services.judge_now, eid, principal, options[label], label),
     )
     if evaluation.get("status") in ("queued", "running", "stopping"):
         st.caption("This evaluation is still running: Judge now scores the responses stored so far.")
@@ -243,15 +251,15 @@ def judge_controls(evaluation: Doc) -> None:
             key=f"{PAGE}.judge_stop",
             icon=":material/stop:",
             width="stretch",
-            on_click=services.judge_jobs().stop,
-            args=(eid,),
+            on_click=widgets.run_action,
+            args=(PAGE, "stopping the judge", services.judge_jobs().stop, eid, principal),
         )
     elif state.status == "done":
         st.success(f"Judging finished: {state.summary}.", icon=":material/check_circle:")
     elif state.status == "stopped":
         st.warning(f"Judging stopped: {state.summary}. Judge again to finish.", icon=":material/stop_circle:")
     else:
-        st.error(f"Judging failed: {state.error}", icon=":material/error:")
+        st.error(f"Judging failed: {safe_markdown(state.error)}", icon=":material/error:")
     if state.lines:
         with st.expander(f"Judge console · {len(state.lines)} lines", expanded=state.active):
             st.code(
@@ -394,24 +402,24 @@ def compare(evaluation_id: str) -> scores_view.CompareChoice:
         st.text(prompt_text)
     for place, column in zip(st.columns(len(columns)), columns, strict=True):
         with place:
-            st.subheader(column.model)
+            st.subheader(safe_inline(column.model))
             st.metric("Overall", f"{column.overall:.2f}" if column.overall is not None else "–")
             if column.status:
-                st.caption(column.status)
+                st.caption(safe_inline(column.status))
             if column.score_line:
                 st.markdown(column.score_line)
             with st.container(border=True, height=420):
                 if column.error:
-                    st.error(column.error, icon=":material/error:")
+                    st.error(safe_markdown(column.error), icon=":material/error:")
                 st.text(column.response or "(empty)")
             st.caption(f"{column.words} words")
             for card in column.judgements:
-                with st.expander(card.title):
+                with st.expander(safe_inline(card.title)):
                     if card.error:
-                        st.warning(card.error)
+                        st.warning(safe_markdown(card.error))
                     for item in card.scores:
                         score = "–" if item.score is None else f"{item.score:g}"
-                        st.markdown(f"**{item.label} · {score}** {item.why}")
+                        st.markdown(f"**{safe_inline(item.label)} · {score}** {safe_markdown(item.why)}")
     return choice
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from storybench_core import jobs
+from storybench_core import access, archive, jobs
 from storybench_core.store.base import Doc
+from storybench_core.text_safety import safe_inline, safe_markdown
 from storybench_core.views import configure as configure_view
 from storybench_core.views import run as run_view
-from ui import services, widgets
+from ui import auth, services, widgets
 
 PAGE = "run"
 
 st.title("Run")
 store = widgets.require_store()
 widgets.show_flash(PAGE)
+principal = auth.principal()
 
 # A shared link (?evaluation=ID) picks the evaluation to watch.
 if "evaluation" in st.query_params and f"{PAGE}.selected" not in st.session_state:
@@ -22,33 +24,36 @@ if "evaluation" in st.query_params and f"{PAGE}.selected" not in st.session_stat
 
 
 def queue_saved(name: str) -> str:
-    eid = jobs.enqueue(store, configure_view.load_named_config(name))
+    eid = jobs.enqueue(store, configure_view.load_named_config(name), principal)
     st.session_state[f"{PAGE}.selected"] = eid
     st.query_params["evaluation"] = eid
     return eid
 
 
-with st.expander("Start a run from a saved configuration", icon=":material/playlist_add:"):
-    saved = services.saved_configs()
-    if not saved:
-        st.info(
-            "No saved configurations yet. Build one on **Configure** and save it, or queue it from there."
-        )
-        st.page_link("app_pages/configure.py", label="Open Configure", icon=":material/tune:")
-    else:
-        choice = st.selectbox("Saved configuration", saved, key=f"{PAGE}.saved")
-        st.button(
-            "Queue run",
-            key=f"{PAGE}.queue",
-            icon=":material/play_arrow:",
-            on_click=widgets.run_action,
-            args=(PAGE, "queueing the run", queue_saved, choice),
-            kwargs={"done": f"Queued '{choice}'. A worker picks it up within seconds."},
-        )
+if access.allowed(principal, "queue"):
+    with st.expander("Start a run from a saved configuration", icon=":material/playlist_add:"):
+        saved = services.saved_configs()
+        if not saved:
+            st.info(
+                "No saved configurations yet. Build one on **Configure** and save it, or queue it from there."
+            )
+            st.page_link("app_pages/configure.py", label="Open Configure", icon=":material/tune:")
+        else:
+            choice = st.selectbox("Saved configuration", saved, key=f"{PAGE}.saved")
+            st.button(
+                "Queue run",
+                key=f"{PAGE}.queue",
+                icon=":material/play_arrow:",
+                on_click=widgets.run_action,
+                args=(PAGE, "queueing the run", queue_saved, choice),
+                kwargs={"done": f"Queued '{choice}'. A worker picks it up within seconds."},
+            )
 
 
 def actions(view: run_view.RunView) -> None:
-    """Stop / Resume / Reset for the watched evaluation."""
+    """Stop / Resume / Reset for the watched evaluation (operators and admins)."""
+    if not access.allowed(principal, "stop"):
+        return
     allowed = run_view.allowed_actions(view.status)
     stop, resume, reset = st.columns(3)
     stop.button(
@@ -58,7 +63,7 @@ def actions(view: run_view.RunView) -> None:
         disabled="stop" not in allowed,
         width="stretch",
         on_click=widgets.run_action,
-        args=(PAGE, "stopping the run", jobs.request_stop, store, view.evaluation_id),
+        args=(PAGE, "stopping the run", jobs.request_stop, store, view.evaluation_id, principal),
         kwargs={"done": "Stop requested; the worker stops within seconds."},
     )
     resume.button(
@@ -69,7 +74,7 @@ def actions(view: run_view.RunView) -> None:
         help="Queue it again; only the missing tasks run.",
         width="stretch",
         on_click=widgets.run_action,
-        args=(PAGE, "resuming the run", jobs.requeue, store, view.evaluation_id),
+        args=(PAGE, "resuming the run", jobs.requeue, store, view.evaluation_id, principal),
         kwargs={"done": "Requeued; only the missing tasks will run."},
     )
     reset.button(
@@ -80,9 +85,57 @@ def actions(view: run_view.RunView) -> None:
         help="For a run whose worker died: mark it stopped so it can be resumed.",
         width="stretch",
         on_click=widgets.run_action,
-        args=(PAGE, "resetting the run", jobs.reset, store, view.evaluation_id),
+        args=(PAGE, "resetting the run", jobs.reset, store, view.evaluation_id, principal),
         kwargs={"done": "Reset to stopped; resume it to finish."},
     )
+
+
+def delete_with_export(evaluation_id: str) -> None:
+    path = archive.export_then_delete(
+        store, evaluation_id, principal, archive.default_export_path(evaluation_id)
+    )
+    st.session_state.pop(f"{PAGE}.selected", None)
+    st.query_params.pop("evaluation", None)
+    widgets.flash(PAGE, "success", f"Exported to `{path}` on the server, then deleted {evaluation_id}.")
+
+
+def clean_up(doc: Doc) -> None:
+    """Archive / Restore and export-then-delete for a finished evaluation (admins only)."""
+    if not access.allowed(principal, "archive") or doc["status"] in ("queued", "running", "stopping"):
+        return
+    eid = doc["id"]
+    with st.expander("Archive or delete (admin)", icon=":material/inventory_2:"):
+        if archive.is_archived(doc):
+            st.caption("Archived: hidden from Results, the leaderboard and Vote; its data is kept.")
+            st.button(
+                "Restore from the archive",
+                key=f"{PAGE}.restore",
+                on_click=widgets.run_action,
+                args=(PAGE, "restoring the evaluation", archive.restore_evaluation, store, eid, principal),
+                kwargs={"done": "Restored: the evaluation shows in Results again."},
+            )
+        else:
+            st.button(
+                "Archive",
+                key=f"{PAGE}.archive",
+                help="Hide it from Results, the leaderboard and Vote; keep every response and score.",
+                on_click=widgets.run_action,
+                args=(PAGE, "archiving the evaluation", archive.archive_evaluation, store, eid, principal),
+                kwargs={"done": "Archived: hidden from Results; restore it here any time."},
+            )
+        sure = st.checkbox(
+            "Export everything to a JSON file on the server, then delete it from the store",
+            key=f"{PAGE}.delete_confirm.{eid}",
+        )
+        st.button(
+            "Export and delete",
+            key=f"{PAGE}.delete",
+            type="primary",
+            icon=":material/delete:",
+            disabled=not sure,
+            on_click=widgets.run_action,
+            args=(PAGE, "deleting the evaluation", delete_with_export, eid),
+        )
 
 
 def console_for(evaluation_id: str) -> run_view.ConsoleBuffer:
@@ -109,7 +162,7 @@ def live() -> None:
     if view.is_active != ACTIVE:
         # Started or finished: redraw the whole page (history too) and switch the refresh interval.
         st.rerun()
-    st.subheader(view.name)
+    st.subheader(safe_inline(view.name))
     st.markdown(
         f"{widgets.status_badge(view.status)} evaluation `{view.evaluation_id}` · config `{view.config_hash}`"
     )
@@ -120,10 +173,11 @@ def live() -> None:
     elapsed.metric("Elapsed", run_view.format_duration(view.elapsed_s))
     eta.metric("Remaining (est.)", run_view.format_duration(view.eta_s))
     actions(view)
+    clean_up(doc)
     if view.error:
-        st.error(view.error, icon=":material/error:")
+        st.error(safe_markdown(view.error), icon=":material/error:")
     if view.current_label:
-        st.caption(("Now writing: " if view.is_live else "Last task: ") + view.current_label)
+        st.caption(("Now writing: " if view.is_live else "Last task: ") + safe_inline(view.current_label))
     if view.is_live and view.per_run_speed:
         st.caption(view.per_run_speed)
     if view.is_live and view.partial_text:

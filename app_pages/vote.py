@@ -6,8 +6,9 @@ import streamlit as st
 
 from storybench_core import votes
 from storybench_core.store.base import Doc
+from storybench_core.text_safety import safe_inline, safe_markdown
 from storybench_core.views import run as run_view
-from ui import services, widgets
+from ui import auth, services, widgets
 
 PAGE = "vote"
 KEYS = {
@@ -25,14 +26,6 @@ def votable(location: str) -> list[Doc]:
     return votes.votable_evaluations(services.store())
 
 
-def signed_in_name() -> str | None:
-    """The signed-in user's name when the app uses st.login, else None."""
-    user = st.user
-    if not user.get("is_logged_in"):
-        return None
-    return str(user.get("name") or user.get("email") or "") or None
-
-
 def set_name() -> None:
     st.session_state[KEYS["voter"]] = votes.clean_voter(st.session_state.get(KEYS["name"], ""))
 
@@ -44,7 +37,8 @@ def forget_name() -> None:
 
 def cast(choice: str, voter: str) -> None:
     pair = st.session_state[KEYS["pair"]]
-    result = votes.record_vote(store, voter, pair, choice, st.session_state.get(KEYS["note"], ""))
+    note = st.session_state.get(KEYS["note"], "")
+    result = votes.record_vote(store, principal, pair, choice, note, typed_name=voter)
     st.session_state[KEYS["reveal"]] = votes.reveal(store, pair, voter)
     if not result.stored:
         widgets.flash(
@@ -60,9 +54,10 @@ def next_pair() -> None:
 st.title("Vote")
 store = widgets.require_store()
 widgets.show_flash(PAGE)
+principal = auth.principal()
 
-# --- who is voting ----------------------------------------------------------------------------
-voter = signed_in_name() or st.session_state.get(KEYS["voter"])
+# --- who is voting: a signed-in person votes as themselves; a local install asks for a name ----
+voter = votes.voter_id(principal, st.session_state.get(KEYS["voter"]))
 if not voter:
     st.markdown(
         "Two responses to the same brief, without model names. Pick the better one; the models are shown after."
@@ -79,7 +74,7 @@ if not voter:
     st.stop()
 who, change = st.columns([4, 1])
 who.caption(f"Voting as **{voter}**")
-if not signed_in_name():
+if principal.source == "local":
     change.button("Change name", key=f"{PAGE}.change", on_click=forget_name)
 
 # --- which evaluation -------------------------------------------------------------------------
@@ -111,7 +106,7 @@ if pair is None:
     st.success("You have voted on every pair of this evaluation. Thank you!")
     st.stop()
 
-st.subheader(f"{pair.sequence} · run {pair.run} · turn {pair.turn}: {pair.prompt_name}")
+st.subheader(safe_inline(f"{pair.sequence} · run {pair.run} · turn {pair.turn}: {pair.prompt_name}"))
 if pair.briefs_before:
     with st.expander(f"The conversation so far ({len(pair.briefs_before)} earlier brief(s))"):
         for n, brief in enumerate(pair.briefs_before, start=1):
@@ -130,13 +125,14 @@ for column, side, text, earlier, name in zip(
     strict=True,
 ):
     with column:
-        st.markdown(f"### Response {side}" + (f" · {name}" if name else ""))
+        st.markdown(f"### Response {side}" + (f" · {safe_inline(name)}" if name else ""))
         with st.container(border=True):
-            st.markdown(text or "_(empty response)_")
+            # Model output: Markdown without images, links, HTML or directives (text_safety.py).
+            st.markdown(safe_markdown(text) or "_(empty response)_")
         if earlier:
             with st.expander(f"{side}'s earlier answers in this conversation"):
                 for n, answer in enumerate(earlier, start=1):
-                    st.markdown(f"**Turn {n}.** {answer}")
+                    st.markdown(f"**Turn {n}.** {safe_markdown(answer)}")
 
 if reveal is None:
     st.text_input("Note (optional)", key=KEYS["note"], placeholder="What decided it for you?")
@@ -151,7 +147,9 @@ if reveal is None:
         )
 else:
     picked = {"A": "Response A", "B": "Response B", "tie": "a tie"}[reveal.choice]
-    st.success(f"You chose {picked}. A was **{reveal.model_a}**, B was **{reveal.model_b}**.")
+    st.success(
+        f"You chose {picked}. A was **{safe_inline(reveal.model_a)}**, B was **{safe_inline(reveal.model_b)}**."
+    )
     st.button(
         "Next pair", key=f"{PAGE}.next", type="primary", icon=":material/arrow_forward:", on_click=next_pair
     )

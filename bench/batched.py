@@ -48,6 +48,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from storybench_core.access import LOCAL_ADMIN
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -114,7 +116,7 @@ def measure(store: Any, config: Any, backend: Any, before: Callable[[], None] = 
 
     errors: list[str] = []
     hooks = RunHooks(event=lambda level, msg, **_: errors.append(msg) if level == "error" else None)
-    eid = enqueue(store, config)
+    eid = enqueue(store, config, LOCAL_ADMIN)
     before()
     start = time.perf_counter()
     summary = Runner(store, ModelPool(lambda spec, gen: backend), hooks).execute(

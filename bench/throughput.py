@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from storybench_core.access import LOCAL_ADMIN
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +70,7 @@ def main() -> int:
     bare = Llama(str(model_path), n_ctx=4096, n_threads=n_threads, verbose=False)
 
     def run_storybench() -> tuple[float, int, list[dict]]:
-        eid = enqueue(store, config)
+        eid = enqueue(store, config, LOCAL_ADMIN)
         start = time.perf_counter()
         Runner(store, pool).execute(get_evaluation(store, eid), config)
         elapsed = time.perf_counter() - start

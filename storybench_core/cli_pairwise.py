@@ -11,9 +11,10 @@ from typing import Any
 
 from .errors import ConfigError
 from .store.base import Store
+from .text_safety import terminal_safe
 
 JUDGE_HELP = (
-    "the judge: 'bundled', 'fake', a path to a .gguf file, 'hf:OWNER/REPO/FILE.gguf', the name of a model "
+    "the judge: 'bundled', 'bundled:smollm2-135m-instruct', 'fake', a path to a .gguf file, 'hf:OWNER/REPO/FILE.gguf', the name of a model "
     "in the evaluation's config, or a model spec as JSON (default: the evaluation's configured judge)"
 )
 
@@ -39,7 +40,9 @@ def register(subparsers: Any) -> None:
         "--budget-chars", type=int, default=3000, help="both texts are clipped to this many characters"
     )
     p.add_argument("--max-tokens", type=int, default=160, help="judge answer length in tokens (default 160)")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output format (default: table)"
+    )
     p.set_defaults(func=cmd_compare_judge)
 
 
@@ -53,6 +56,8 @@ def parse_judge(text: str, models: list[Any] | None = None) -> Any:
             return ModelSpec.model_validate(json.loads(value))
         if value in ("bundled", "fake"):
             return ModelSpec(kind=value)
+        if value.startswith("bundled:"):
+            return ModelSpec(kind="bundled", builtin=value.removeprefix("bundled:"))
         if value.startswith("hf:"):
             repo, _, filename = value[3:].rpartition("/")
             if repo.count("/") < 1:
@@ -80,17 +85,22 @@ def _fmt(value: Any) -> str:
 
 
 def cmd_compare_judge(args: argparse.Namespace) -> int:
-    from . import jobs, pairwise
+    from . import audit, jobs, pairwise
+    from .access import cli_principal, require
     from .cli import _store
     from .progress import to_table
 
+    me = cli_principal()
+    require(me, "judge")
     store: Store = _store(args)
     configs = [jobs.evaluation_config(jobs.get_evaluation(store, eid)) for eid in args.evaluation]
     spec = parse_judge(args.judge, [m for c in configs for m in c.models]) if args.judge else None
+    for eid in args.evaluation:
+        audit.record(store, me, "judge", eid, {"pairwise": True, "judge": args.judge or "configured"})
 
     def event(level: str, message: str, **_: Any) -> None:
         if level != "info" or not message.startswith("pairwise verdict for"):
-            print(f"{level}: {message}" if level != "info" else message, file=sys.stderr)
+            print(terminal_safe(f"{level}: {message}" if level != "info" else message), file=sys.stderr)
 
     summary = pairwise.compare_judge_evaluation(
         store,
@@ -116,11 +126,16 @@ def cmd_compare_judge(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     rows = [{k: _fmt(v) for k, v in r.items()} for r in summary.ratings.to_dict(orient="records")]
-    print(f"pairwise ratings by {summary.judge} ({summary.scope}); Elo-like scale, 95% bootstrap CI")
+    print(
+        terminal_safe(
+            f"pairwise ratings by {summary.judge} ({summary.scope}); Elo-like scale, 95% bootstrap CI"
+        )
+    )
     print(to_table(rows))
     for r in summary.position_bias.to_dict(orient="records"):
         print(
-            f"position bias of {r['judge']}: first-shown text wins {_fmt(r['first_win_rate'])} of decided "
+            terminal_safe(f"position bias of {r['judge']}: ")
+            + f"first-shown text wins {_fmt(r['first_win_rate'])} of decided "
             f"verdicts; both orders agree on {_fmt(r['consistent_rate'])} of {r['pairs_both_orders']} pairs"
         )
     print(

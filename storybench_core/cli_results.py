@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, StorybenchError
+from .text_safety import terminal_safe
 
 
 def parse_judge_model(text: str) -> Any:
-    """`bundled`, `path:FILE.gguf`, `fake` or a JSON model spec → ModelSpec."""
+    """`bundled`, `bundled:BUILTIN_ID`, `path:FILE.gguf`, `fake` or a JSON model spec → ModelSpec."""
     from pydantic import ValidationError
 
     from .config import ModelSpec
@@ -24,6 +25,8 @@ def parse_judge_model(text: str) -> Any:
     text = text.strip()
     if text == "bundled":
         data: Any = {"kind": "bundled"}
+    elif text.startswith("bundled:"):
+        data = {"kind": "bundled", "builtin": text.removeprefix("bundled:")}
     elif text == "fake":
         data = {"kind": "fake"}
     elif text.startswith("path:"):
@@ -35,7 +38,8 @@ def parse_judge_model(text: str) -> Any:
             raise ConfigError(f"--judge-model: not valid JSON ({exc.msg} at column {exc.colno})") from None
     else:
         raise ConfigError(
-            f"--judge-model {text!r}: use bundled, path:/models/x.gguf, or a JSON model spec such as "
+            f"--judge-model {text!r}: use bundled, bundled:smollm2-135m-instruct, path:/models/x.gguf, "
+            "or a JSON model spec such as "
             '\'{"kind": "api", "base_url": "https://…/v1", "api_model": "…", "api_key_env": "OPENAI_API_KEY"}\''
         )
     try:
@@ -56,18 +60,23 @@ def _evaluation_id(store: Any, given: str | None) -> str:
 
     if given:
         return get_evaluation(store, given)["id"]
-    newest = store.list_evaluations(limit=1)
-    if not newest:
+    newest = next((e for e in store.list_evaluations() if e.get("archived_at") is None), None)
+    if newest is None:
         raise StorybenchError(
-            f"no evaluations in {store.describe()} yet; start one with `storybench run CONFIG`"
+            f"no evaluations (archived ones aside) in {store.describe()} yet; "
+            "start one with `storybench run CONFIG`, or name an archived one by its id"
         )
-    return newest[0]["id"]
+    return newest["id"]
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
+    from . import audit
+    from .access import cli_principal, require
     from .jobs import evaluation_config, get_evaluation
     from .judge import judge_evaluation
 
+    me = cli_principal()
+    require(me, "judge")
     store = _store(args)
     evaluation = get_evaluation(store, args.evaluation)
     config = evaluation_config(evaluation)
@@ -83,8 +92,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     def event(level: str, message: str, **fields: Any) -> None:
         store.append_event(evaluation["id"], level, message, **fields)
-        print(message if level == "info" else f"{level}: {message}", file=sys.stderr)
+        print(terminal_safe(message if level == "info" else f"{level}: {message}"), file=sys.stderr)
 
+    audit.record(store, me, "judge", evaluation["id"], {"judges": [s.display_name for s in specs]})
     summary = judge_evaluation(store, evaluation["id"], specs, cfg, event=event)
     return 1 if summary.failed else 0
 
@@ -143,13 +153,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add `judge`, `export` and `leaderboard` to the storybench command line."""
     j = subparsers.add_parser("judge", help="judge the stored responses of an evaluation against the rubric")
-    j.add_argument("evaluation", metavar="EVAL_ID")
+    j.add_argument("evaluation", metavar="EVAL_ID", help="the evaluation whose responses to judge")
     j.add_argument(
         "--judge-model",
         action="append",
         metavar="MODEL",
-        help="bundled | path:FILE.gguf | a JSON model spec; repeat for several judges "
-        "(default: the evaluation's judge, else the bundled model)",
+        help="bundled | bundled:smollm2-135m-instruct | path:FILE.gguf | a JSON model spec; repeat for "
+        "several judges (default: the evaluation's judge, else the bundled model)",
     )
     j.add_argument("--attempts", type=int, help="independent judgements per response (default: the config's)")
     j.set_defaults(func=cmd_judge)
@@ -158,7 +168,9 @@ def register(subparsers: Any) -> None:
         "export", help="export responses with judgements (csv, json) or a Markdown report"
     )
     e.add_argument("evaluation", metavar="EVAL_ID", nargs="?", help="evaluation id (default: the newest)")
-    e.add_argument("--format", choices=["csv", "json", "md"], default="csv")
+    e.add_argument(
+        "--format", choices=["csv", "json", "md"], default="csv", help="file format (default: csv)"
+    )
     e.add_argument("--out", required=True, metavar="PATH", help="file to write")
     e.add_argument(
         "--messages", action="store_true", help="json: include the messages sent with each response"

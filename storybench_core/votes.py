@@ -7,6 +7,11 @@ looks the models up and stores them with the vote; `reveal` answers only
 once the voter's vote is stored. The store's unique (voter, pair_key) index
 makes a double submit (two tabs, a double click) store one vote, whatever the
 timing. Votes feed the ratings as a separate judge, "human" (the pairwise package).
+
+A vote belongs to the acting principal: a signed-in person votes as their
+identity (one vote per person per pair, whatever they type); only the
+single-user local install names its voters by a typed name. Each stored vote
+is recorded in the audit trail, without its choice.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from uuid import uuid4
 
 import pandas as pd
 
+from . import audit
+from .access import Principal, require
 from .errors import StoreError, StorybenchError
 from .pairwise import HUMAN, Pair, all_outcomes, build_pairs, earlier_briefs, load_responses
 from .ratings import fit_ratings, win_probability
@@ -83,6 +90,13 @@ def clean_voter(voter: str) -> str:
     if len(name) > VOTER_MAX_CHARS:
         raise StorybenchError(f"the voter name is {len(name)} characters; use at most {VOTER_MAX_CHARS}")
     return name
+
+
+def voter_id(principal: Principal, typed_name: str | None = None) -> str | None:
+    """Whose vote this is: a signed-in principal's id; on a local install the typed name (None if none)."""
+    if principal.source != "local":
+        return principal.id
+    return clean_voter(typed_name) if typed_name and typed_name.strip() else None
 
 
 def _hash(*parts: str) -> int:
@@ -166,14 +180,26 @@ def _find_vote(store: Store, scope: str, voter: str, pair_key: str) -> Doc | Non
     return next((v for v in store.list_votes(scope, voter=voter) if v["pair_key"] == pair_key), None)
 
 
-def record_vote(store: Store, voter: str, pair: PairView, choice: str, note: str = "") -> VoteResult:
-    """Store a vote (A, B or tie, optional note) with the models behind each side.
+def record_vote(
+    store: Store,
+    principal: Principal,
+    pair: PairView,
+    choice: str,
+    note: str = "",
+    *,
+    typed_name: str | None = None,
+) -> VoteResult:
+    """Store principal's vote (A, B or tie, optional note) with the models behind each side.
 
     A second vote by the same voter on the same pair is not stored: the first
     one is returned with stored=False (the store's unique index decides, so
-    this holds for concurrent submits too).
+    this holds for concurrent submits too). typed_name names the voter only on
+    a local install (`voter_id`).
     """
-    voter = clean_voter(voter)
+    require(principal, "vote")
+    voter = voter_id(principal, typed_name)
+    if voter is None:
+        raise StorybenchError("a vote needs the voter's name: type it once at the top of the Vote page")
     if choice not in CHOICES:
         raise StorybenchError(f"a vote is A, B or tie, not {choice!r}")
     doc_a, doc_b = store.get_response(pair.response_a), store.get_response(pair.response_b)
@@ -185,6 +211,7 @@ def record_vote(store: Store, voter: str, pair: PairView, choice: str, note: str
         "id": uuid4().hex,
         "evaluation_id": pair.scope,
         "voter": voter,
+        "voter_name": principal.name if principal.source != "local" else voter,
         "pair_key": pair.pair_key,
         "choice": choice,
         "note": str(note or "").strip()[:NOTE_MAX_CHARS],
@@ -205,6 +232,7 @@ def record_vote(store: Store, voter: str, pair: PairView, choice: str, note: str
         if earlier is None:
             raise
         return VoteResult(earlier, stored=False)
+    audit.record(store, principal, "vote", pair.scope, {"pair_key": pair.pair_key, "voter": voter})
     return VoteResult(vote, stored=True)
 
 
@@ -237,9 +265,11 @@ def voting_progress(store: Store, evaluation_id: str, voter: str | None = None) 
 
 
 def votable_evaluations(store: Store, limit: int = 50) -> list[Doc]:
-    """Evaluations (newest first) where at least two models answered the same brief."""
+    """Evaluations (newest first, archived ones left out) where at least two models answered the same brief."""
     found = []
     for evaluation in store.list_evaluations(limit=limit):
+        if evaluation.get("archived_at") is not None:
+            continue
         responses = store.list_responses(evaluation["id"], include_messages=False)
         if build_pairs(responses, evaluation["id"]):
             found.append(evaluation)

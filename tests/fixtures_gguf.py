@@ -127,3 +127,49 @@ def write_tiny_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# --- crafted headers: what a hostile file can claim -------------------------------------
+
+GGUF_U32, GGUF_F32, GGUF_STRING, GGUF_ARRAY, GGUF_U64 = 4, 6, 8, 9, 10
+
+
+def gguf_string(text: str | bytes, claimed_length: int | None = None) -> bytes:
+    """A GGUF string: u64 length then bytes (the length may lie)."""
+    data = text.encode() if isinstance(text, str) else text
+    return (len(data) if claimed_length is None else claimed_length).to_bytes(8, "little") + data
+
+
+def gguf_kv(key: str, value_type: int, payload: bytes) -> bytes:
+    """One metadata entry: key, u32 value type, the value's bytes as given."""
+    return gguf_string(key) + value_type.to_bytes(4, "little") + payload
+
+
+def gguf_tensor_info(name: str, dims: tuple[int, ...] = (4,), type_code: int = 0, offset: int = 0) -> bytes:
+    out = gguf_string(name) + len(dims).to_bytes(4, "little")
+    out += b"".join(d.to_bytes(8, "little") for d in dims)
+    return out + type_code.to_bytes(4, "little") + offset.to_bytes(8, "little")
+
+
+def write_crafted_gguf(
+    path: str | Path,
+    entries: list[bytes] | None = None,
+    tensors: list[bytes] | None = None,
+    *,
+    tensor_count: int | None = None,
+    kv_count: int | None = None,
+    architecture: str | None = "llama",
+    tail: bytes = b"\0" * 64,
+) -> Path:
+    """A GGUF v3 header written byte by byte, whose counts may claim more than it holds."""
+    entries = list(entries or [])
+    if architecture is not None:
+        entries.insert(0, gguf_kv("general.architecture", GGUF_STRING, gguf_string(architecture)))
+    tensors = list(tensors or [])
+    header = b"GGUF" + (3).to_bytes(4, "little")
+    header += (len(tensors) if tensor_count is None else tensor_count).to_bytes(8, "little")
+    header += (len(entries) if kv_count is None else kv_count).to_bytes(8, "little")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + b"".join(entries) + b"".join(tensors) + tail)
+    return path

@@ -1,47 +1,216 @@
-"""Guards on the shape: the core never imports streamlit; every CLI command has help and a README mention."""
+"""Guards on the shape: every core module imports, none imports streamlit, the core's imports form no
+cycle, and every CLI command and argument has help text and a README mention."""
 
 from __future__ import annotations
 
+import argparse
+import ast
 import importlib
+import json
 import pkgutil
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import storybench_core
 from storybench_core.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
+CORE = ROOT / "storybench_core"
+
+
+def _core_modules() -> dict[str, Path]:
+    """Every module of storybench_core found on disk, by dotted name (packages by their __init__.py)."""
+    found = {}
+    for path in sorted(CORE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
 
 
 def test_core_modules_do_not_import_streamlit():
+    # Every module on disk, not pkgutil.walk_packages: that skips a subpackage whose import fails.
     code = (
-        "import importlib, pkgutil, sys, storybench_core\n"
-        "for m in pkgutil.walk_packages(storybench_core.__path__, 'storybench_core.'):\n"
-        "    importlib.import_module(m.name)\n"
+        "import importlib, json, sys\n"
+        "for name in json.loads(sys.argv[1]):\n"
+        "    importlib.import_module(name)\n"
         "bad = sorted(k for k in sys.modules if k == 'streamlit' or k.startswith('streamlit.'))\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    names = json.dumps(sorted(_core_modules()))
+    out = subprocess.run(
+        [sys.executable, "-c", code, names], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert out.stdout.strip() == "", f"storybench_core imported streamlit: {out.stdout.strip()[:200]}"
 
 
 def test_every_core_module_imports():
-    for m in pkgutil.walk_packages(storybench_core.__path__, "storybench_core."):
-        importlib.import_module(m.name)
+    on_disk = _core_modules()
+    failed = {}
+    for name in on_disk:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # collect them all: one broken module should not hide the next
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    assert failed == {}
+    # pkgutil (what tools and the streamlit guard's old form walk) sees the same modules as the disk.
+    walked = {m.name for m in pkgutil.walk_packages(storybench_core.__path__, "storybench_core.")}
+    assert walked == set(on_disk) - {"storybench_core"}
+    assert {"storybench_core.cli", "storybench_core.runner", "storybench_core.store.sqlite"} <= walked
 
 
-def _commands():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return sub.choices
+# --- the import graph ------------------------------------------------------------------
 
 
-def test_every_cli_command_has_help_and_a_readme_mention():
+def _module_level_imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """storybench_core modules that `name` imports at module level (under try/if too, not TYPE_CHECKING)."""
+    is_package = path.name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+        for node in body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                yield from statements(node.orelse)
+            elif isinstance(node, ast.If):
+                yield from statements(node.body)
+                yield from statements(node.orelse)
+            elif isinstance(node, ast.Try):
+                for block in (node.body, node.orelse, node.finalbody, *[h.body for h in node.handlers]):
+                    yield from statements(block)
+            else:
+                yield node
+
+    for node in statements(ast.parse(path.read_text(encoding="utf-8")).body):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            for alias in node.names:  # `from . import jobs` names a module; `from .x import y` a name in x
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in modules else target)
+    return {m for m in found if m in modules and m != name}
+
+
+def _import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_core_modules_import_each_other_without_cycles():
+    """Module-level imports only: an import inside a function is how a deliberate back-reference is
+    kept (runner <-> batch_runner, jobs <-> judge, backends.llama <-> llama_batch), and runs later."""
+    modules = _core_modules()
+    graph = {name: _module_level_imports(name, path, modules) for name, path in modules.items()}
+    assert sum(map(len, graph.values())) > 50  # the parser sees the imports at all
+    assert "storybench_core.errors" in graph["storybench_core.runner"]
+    assert _import_cycles(graph) == []
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """(name, the help= it was registered with, its parser) for each subcommand of parser."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            out += [(name, helps.get(name, ""), sub) for name, sub in action.choices.items()]
+    return out
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    return {name: sub for name, _, sub in _subcommands(build_parser())}
+
+
+def _missing_help(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """Each subcommand (at any depth) and argument of parser without a help text of its own."""
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+            continue
+        if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+            missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    for name, help_text, sub in _subcommands(parser):
+        if not help_text.strip():
+            missing.append(f"{path} {name} (the command itself)")
+        missing += _missing_help(sub, f"{path} {name}")
+    return missing
+
+
+def test_every_cli_command_and_argument_has_help():
+    assert _missing_help(build_parser(), "storybench") == []
+
+
+def test_the_help_check_catches_a_command_without_help():
+    parser = argparse.ArgumentParser(prog="p")
+    sub = parser.add_subparsers()
+    quiet = sub.add_parser("quiet")  # no help=: `p --help` lists it bare
+    quiet.add_argument("--flag")
+    sub.add_parser("loud", help="documented").add_argument("x", help="documented")
+    assert _missing_help(parser, "p") == ["p quiet (the command itself)", "p quiet --flag"]
+
+
+def test_every_cli_command_has_a_readme_mention():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for name, sub in _commands().items():
-        assert sub.format_help().strip(), name
+    commands = _commands()
+    assert {"run", "results", "doctor", "judge", "compare-judge"} <= set(commands)  # extras registered
+    for name, sub in commands.items():
         assert f"storybench {name}" in readme, f"README does not mention `storybench {name}`"
+        for action, _, _ in _subcommands(sub):
+            line = rf"storybench {re.escape(name)}\b[^\n]*\b{re.escape(action)}\b"
+            assert re.search(line, readme), f"README does not mention `storybench {name} {action}`"
+
+
+def test_every_command_the_readme_shows_exists():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = set(re.findall(r"(?:^|`)storybench ([a-z][a-z-]*)", readme, flags=re.MULTILINE))
+    assert shown, "no `storybench COMMAND` found in the README"
+    assert shown - set(_commands()) == set(), "the README shows commands the CLI does not have"
 
 
 def test_ci_runs_the_readme_test_command():

@@ -79,6 +79,26 @@ def test_duplicate_model_names_rejected():
         parse_config(base(models=[{"kind": "bundled"}, {"kind": "bundled"}]))
 
 
+def test_builtin_picks_a_built_in_model_and_the_default_has_one_spelling():
+    config = parse_config(
+        base(models=[{"kind": "bundled"}, {"kind": "bundled", "builtin": "smollm2-135m-instruct"}])
+    )
+    assert [m.display_name for m in config.models] == [
+        "gemma-3-270m-q4_k_m (bundled)",
+        "smollm2-135m-instruct-q4_1 (bundled)",
+    ]
+    assert config.models[1].ref()["builtin"] == "smollm2-135m-instruct"
+    assert "builtin" not in config.models[0].ref()
+    explicit = ModelSpec(kind="bundled", builtin="gemma-3-270m")
+    assert explicit == ModelSpec(kind="bundled") and explicit.builtin is None  # same ref, same hash
+    with pytest.raises(
+        ConfigError, match=r"models.0: .*builtin 'gemma' is not known \(use one of gemma-3-270m, "
+    ):
+        parse_config(base(models=[{"kind": "bundled", "builtin": "gemma"}]))
+    with pytest.raises(ConfigError, match="builtin is only for a model of kind 'bundled'"):
+        parse_config(base(models=[{"kind": "path", "path": "/m.gguf", "builtin": "smollm2-135m-instruct"}]))
+
+
 def test_auto_evaluate_needs_judge():
     with pytest.raises(ConfigError, match="judge.model"):
         parse_config(base(auto_evaluate=True))

@@ -5,7 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fixtures_gguf import tiny_gguf_sizes, write_tiny_gguf
+from fixtures_gguf import (
+    GGUF_ARRAY,
+    GGUF_F32,
+    GGUF_STRING,
+    GGUF_U32,
+    GGUF_U64,
+    gguf_kv,
+    gguf_string,
+    gguf_tensor_info,
+    tiny_gguf_sizes,
+    write_crafted_gguf,
+    write_tiny_gguf,
+)
 
 from storybench_core.errors import ModelFileError
 from storybench_core.gguf_info import read_gguf_info, validate_gguf
@@ -122,3 +134,66 @@ def test_garbage_after_the_magic_never_escapes_as_a_raw_error(tmp_path: Path) ->
             read_gguf_info(path)
         except ModelFileError:
             pass
+
+
+# --- crafted headers: bounded, fast, and always the one ModelFileError ------------------
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "little")
+
+
+def _u32(value: int) -> bytes:
+    return value.to_bytes(4, "little")
+
+
+CRAFTED = {
+    # A huge block_count used to build a per-layer tuple of 2^40 entries: minutes, then out of memory.
+    "block_count": ([gguf_kv("llama.block_count", GGUF_U64, _u64(2**40))], [], {}),
+    "tensor count": ([], [], {"tensor_count": 2**62}),
+    "key count": ([], [], {"kv_count": 2**40}),
+    "string array": ([gguf_kv("tokenizer.ggml.tokens", GGUF_ARRAY, _u32(GGUF_STRING) + _u64(2**40))], [], {}),
+    "number array": ([gguf_kv("llama.x", GGUF_ARRAY, _u32(GGUF_U32) + _u64(2**60))], [], {}),
+    "string length": ([gguf_kv("general.name", GGUF_STRING, _u64(2**63))], [], {}),
+    "key length": ([_u64(2**40) + b"k"], [], {}),
+    "tensor name": ([], [gguf_string("x" * 300) + _u32(1) + _u64(4) + _u32(0) + _u64(0)], {}),
+    "dimensions": ([], [gguf_tensor_info("blk.0.w", dims=(1,) * 9)], {}),
+    "block index": ([], [gguf_tensor_info("blk.123456789.attn_q.weight")], {}),
+    # A string where an integer belongs raised a TypeError that broke the whole model listing.
+    "string alignment": ([gguf_kv("general.alignment", GGUF_STRING, gguf_string("32"))], [], {}),
+    "zero alignment": ([gguf_kv("general.alignment", GGUF_U32, _u32(0))], [], {}),
+    "odd alignment": ([gguf_kv("general.alignment", GGUF_U32, _u32(24))], [], {}),
+    "value type": ([gguf_kv("llama.x", 77, b"")], [], {}),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_a_crafted_header_is_refused_fast_as_a_model_file_error(tmp_path: Path, case: str) -> None:
+    entries, tensors, counts = CRAFTED[case]
+    path = write_crafted_gguf(tmp_path / "crafted.gguf", entries, tensors, **counts)
+    with pytest.raises(ModelFileError, match="incomplete or damaged") as err:
+        read_gguf_info(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_crafted_header_within_bounds_still_reads(tmp_path: Path) -> None:
+    """The bounds refuse only lies: small honest values (a NaN context length too) still read."""
+    nan = b"\x00\x00\xc0\x7f"
+    entries = [
+        gguf_kv("llama.block_count", GGUF_U32, _u32(2)),
+        gguf_kv("llama.context_length", GGUF_F32, nan),
+        gguf_kv("general.alignment", GGUF_U32, _u32(64)),
+        gguf_kv("tokenizer.ggml.tokens", GGUF_ARRAY, _u32(GGUF_STRING) + _u64(2) + gguf_string("a") * 2),
+    ]
+    path = write_crafted_gguf(tmp_path / "ok.gguf", entries)
+    info = read_gguf_info(path)
+    assert (info.block_count, info.context_length, info.layer_tensor_bytes) == (2, None, (0, 0))
+
+
+def test_not_a_gguf_does_not_echo_the_files_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "secret.gguf"
+    path.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(ModelFileError) as err:
+        read_gguf_info(path)
+    assert "root" not in str(err.value).replace(str(tmp_path), "")

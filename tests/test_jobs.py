@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 
 from storybench_core import jobs
+from storybench_core.access import LOCAL_ADMIN
 from storybench_core.config import parse_config
-from storybench_core.errors import JobError
+from storybench_core.errors import JobError, StoreError
 from storybench_core.runner import now_utc
 from storybench_core.store.sqlite import SQLiteStore
 
@@ -42,7 +43,7 @@ def wait_for(predicate, timeout=20.0):
 
 
 def test_worker_runs_queued_evaluation_to_completion(store):
-    eid = jobs.enqueue(store, config(runs=2))
+    eid = jobs.enqueue(store, config(runs=2), LOCAL_ADMIN)
     worker = jobs.Worker(store, poll_s=0.05)
     assert worker.run_once()
     doc = store.get_evaluation(eid)
@@ -56,23 +57,25 @@ def test_worker_runs_queued_evaluation_to_completion(store):
     assert not worker.run_once()  # queue empty
 
 
-def test_stop_takes_effect_within_seconds(store):
-    eid = jobs.enqueue(store, config(delay_s=0.02, runs=3))
+def test_stop_takes_effect_within_the_current_batch(store):
+    eid = jobs.enqueue(store, config(delay_s=0.02, runs=3), LOCAL_ADMIN)
     worker = jobs.Worker(store, poll_s=0.05).start()
     try:
         assert wait_for(lambda: store.get_evaluation(eid)["status"] == "running")
         assert wait_for(lambda: store.count_responses(eid) >= 1)
-        asked = time.monotonic()
-        assert jobs.request_stop(store, eid) == "stopping"
-        # Generous bounds for a loaded CI machine: the point is seconds, not minutes.
-        assert wait_for(lambda: store.get_evaluation(eid)["status"] == "stopped", timeout=10)
-        assert time.monotonic() - asked < 10
+        stored_when_asked = store.count_responses(eid)
+        assert jobs.request_stop(store, eid, LOCAL_ADMIN) == "stopping"
+        # 60 s only guards against a hang; how soon it stops is counted in responses below.
+        assert wait_for(lambda: store.get_evaluation(eid)["status"] == "stopped", timeout=60)
     finally:
         worker.shutdown()
     stored = store.count_responses(eid)
+    # The worker checks for a stop every 0.5 s (store) and the runner every 0.5 s (tokens); at 0.02 s a
+    # word, at most ~50 more words run before it sees it: the runs of the batch in progress, no more.
+    assert stored - stored_when_asked <= 3
     assert 1 <= stored < 9
     # Resume finishes only the missing tasks.
-    jobs.requeue(store, eid)
+    jobs.requeue(store, eid, LOCAL_ADMIN)
     assert jobs.Worker(store).run_once()
     assert store.get_evaluation(eid)["status"] == "completed"
     docs = store.list_responses(eid)
@@ -80,13 +83,13 @@ def test_stop_takes_effect_within_seconds(store):
 
 
 def test_stop_of_queued_evaluation(store):
-    eid = jobs.enqueue(store, config())
-    assert jobs.request_stop(store, eid) == "stopped"
+    eid = jobs.enqueue(store, config(), LOCAL_ADMIN)
+    assert jobs.request_stop(store, eid, LOCAL_ADMIN) == "stopped"
     assert not jobs.Worker(store).run_once()
 
 
 def test_stale_running_evaluation_is_requeued_and_resumed(store):
-    eid = jobs.enqueue(store, config(runs=2))
+    eid = jobs.enqueue(store, config(runs=2), LOCAL_ADMIN)
     claimed = store.claim_next_evaluation("dead-worker", now_utc() - timedelta(minutes=10))
     assert claimed["id"] == eid
     assert jobs.recover_stale(store, stale_after_s=60) == [eid]
@@ -96,18 +99,18 @@ def test_stale_running_evaluation_is_requeued_and_resumed(store):
 
 
 def test_reset_and_requeue_rules(store):
-    eid = jobs.enqueue(store, config())
+    eid = jobs.enqueue(store, config(), LOCAL_ADMIN)
     with pytest.raises(JobError, match="not running"):
-        jobs.reset(store, eid)
+        jobs.reset(store, eid, LOCAL_ADMIN)
     store.claim_next_evaluation("w", now_utc())
-    jobs.reset(store, eid)
+    jobs.reset(store, eid, LOCAL_ADMIN)
     assert store.get_evaluation(eid)["status"] == "stopped"
     with pytest.raises(JobError, match="no evaluation with id"):
         jobs.get_evaluation(store, "nope")
 
 
 def test_two_workers_never_share_an_evaluation(store, tmp_path):
-    ids = [jobs.enqueue(store, config(runs=1)) for _ in range(4)]
+    ids = [jobs.enqueue(store, config(runs=1), LOCAL_ADMIN) for _ in range(4)]
     other = SQLiteStore(tmp_path / "jobs.db")
     workers = [jobs.Worker(store, "w1", poll_s=0.02), jobs.Worker(other, "w2", poll_s=0.02)]
     threads = [threading.Thread(target=lambda w=w: [w.run_once() for _ in range(4)]) for w in workers]
@@ -130,7 +133,7 @@ def test_bad_model_fails_the_tasks_not_the_worker(store, tmp_path):
             "generation": {"runs": 1},
         }
     )
-    eid = jobs.enqueue(store, bad)
+    eid = jobs.enqueue(store, bad, LOCAL_ADMIN)
     jobs.Worker(store).run_once()
     doc = store.get_evaluation(eid)
     assert doc["status"] == "failed" and doc["failed_tasks"] == 3
@@ -145,8 +148,42 @@ def test_evaluation_of_a_dead_local_process_is_recovered_at_once(store):
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    eid = jobs.enqueue(store, config())
+    eid = jobs.enqueue(store, config(), LOCAL_ADMIN)
     store.claim_next_evaluation(f"{socket.gethostname()}:{proc.pid}:abc", now_utc())
     assert jobs.worker_process_alive(f"{socket.gethostname()}:{proc.pid}:abc") is False
     assert jobs.worker_process_alive("otherhost:1:abc") is None
     assert jobs.recover_stale(store) == [eid]
+
+
+class _FlakyTelemetryStore:
+    """The real store, except that every live-progress write and some console lines fail (a lock held too long)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.failed_writes = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def update_evaluation(self, evaluation_id, fields):
+        if "progress" in fields:
+            self.failed_writes += 1
+            raise StoreError("SQLite store: database is locked (simulated)")
+        return self.inner.update_evaluation(evaluation_id, fields)
+
+    def append_event(self, evaluation_id, level, message, **fields):
+        if message.startswith("generating"):
+            self.failed_writes += 1
+            raise StoreError("SQLite store: database is locked (simulated)")
+        return self.inner.append_event(evaluation_id, level, message, **fields)
+
+
+def test_a_failed_progress_write_does_not_fail_the_task(store):
+    eid = jobs.enqueue(store, config(delay_s=0.02), LOCAL_ADMIN)
+    flaky = _FlakyTelemetryStore(store)
+    assert jobs.Worker(flaky, poll_s=0.05).run_once()
+    doc = store.get_evaluation(eid)
+    assert flaky.failed_writes >= 6  # at least the opening progress write and console line of each turn
+    assert doc["status"] == "completed" and doc["failed_tasks"] == 0
+    responses = store.list_responses(eid)
+    assert len(responses) == 3 and not any(r.get("error") for r in responses)

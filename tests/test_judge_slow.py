@@ -7,6 +7,7 @@ import time
 import pytest
 
 from storybench_core import catalog, jobs, judge, results
+from storybench_core.access import LOCAL_ADMIN
 from storybench_core.config import parse_config
 from storybench_core.runner import ModelPool
 from storybench_core.store.sqlite import SQLiteStore
@@ -28,7 +29,7 @@ def test_bundled_model_judges_a_small_run_with_schema_constrained_output(bundled
     pool = ModelPool()
     started = time.monotonic()
     try:
-        eid = jobs.enqueue(store, config)
+        eid = jobs.enqueue(store, config, LOCAL_ADMIN)
         # auto_evaluate: the judge is the candidate model, so it judges on the loaded instance.
         assert jobs.Worker(store, pool=pool).run_once()
         assert pool.loads == 1
@@ -70,7 +71,7 @@ def test_bundled_judge_scores_many_responses_through_the_batch_path(bundled_mode
     store = SQLiteStore(tmp_path / "batch-judge.db")
     pool = ModelPool()
     try:
-        eid = jobs.enqueue(store, config)
+        eid = jobs.enqueue(store, config, LOCAL_ADMIN)
         assert jobs.Worker(store, pool=pool).run_once()
         summary = judge.judge_evaluation(store, eid, pool=pool)
         assert (summary.judged, summary.failed) == (3, 0)

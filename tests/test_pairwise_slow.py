@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from storybench_core import jobs, pairwise
+from storybench_core.access import LOCAL_ADMIN
 from storybench_core.config import ModelSpec, parse_config
 from storybench_core.store.sqlite import SQLiteStore
 
@@ -23,7 +24,7 @@ def run(store: SQLiteStore, name: str, temperature: float) -> str:
             "generation": {"runs": 1, "max_tokens": 48, "n_ctx": 4096, "temperature": temperature},
         }
     )
-    eid = jobs.enqueue(store, config)
+    eid = jobs.enqueue(store, config, LOCAL_ADMIN)
     assert jobs.Worker(store).run_once()
     assert store.count_responses(eid, errors=False) == 3
     return eid

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storybench_core import catalog
+from storybench_core.access import LOCAL_ADMIN
 from storybench_core.backends.fake import FakeBackend
 from storybench_core.config import parse_config
 from storybench_core.errors import ContextOverflowError, StopRequested
@@ -83,7 +84,7 @@ def test_fit_drops_oldest_turns_and_never_cuts_the_prompt():
 
 
 def run(store, config, hooks=None, pool=None):
-    eid = enqueue(store, config)
+    eid = enqueue(store, config, LOCAL_ADMIN)
     doc = get_evaluation(store, eid)
     summary = Runner(store, pool or ModelPool(), hooks).execute(doc, config)
     return eid, summary
@@ -174,7 +175,7 @@ def test_failure_is_recorded_and_later_turns_skipped(store):
 
 def test_resume_does_only_missing_tasks(store):
     config = make_config()
-    eid = enqueue(store, config)
+    eid = enqueue(store, config, LOCAL_ADMIN)
     doc = get_evaluation(store, eid)
     calls = {"n": 0}
 
@@ -245,3 +246,32 @@ def test_context_overflow_recorded_per_task(store):
     eid, _ = run(store, config)
     docs = store.list_responses(eid)
     assert docs[0]["error"] and "n_ctx" in docs[0]["error"]
+
+
+def test_stop_during_a_model_load_stops_the_evaluation_without_failures(tmp_path):
+    """A load that takes long (a download) asks the evaluation's stop check through stopping.py."""
+    from storybench_core import stopping
+    from storybench_core.backends.fake import FakeBackend
+    from storybench_core.runner import ModelPool, RunHooks, Runner
+
+    store = SQLiteStore(tmp_path / "s.db")
+    config = parse_config(
+        {"models": [{"kind": "fake"}], "sequences": ["film"], "generation": {"max_tokens": 32}}
+    )
+    eid = store.create_evaluation({"name": "x", "config": {}})
+    stop_asked = {"n": 0}
+
+    def should_stop() -> bool:
+        stop_asked["n"] += 1
+        return stop_asked["n"] > 1  # not before the load starts, but during it
+
+    def slow_load(spec, gen):
+        for _ in range(1000):  # a download's progress callbacks
+            stopping.raise_if_stopped()
+        return FakeBackend()
+
+    summary = Runner(store, ModelPool(slow_load), RunHooks(should_stop=should_stop)).execute(
+        {"id": eid}, config
+    )
+    assert summary.stopped and summary.failed == 0 and store.list_responses(eid) == []
+    store.close()

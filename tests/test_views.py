@@ -14,6 +14,7 @@ import pytest
 
 from storybench_core import catalog, jobs, judge, pairwise, paths, ratings
 from storybench_core import results as rs
+from storybench_core.access import LOCAL_ADMIN
 from storybench_core.backends.fake import FakeBackend
 from storybench_core.config import ConfigError, JudgeConfig, ModelSpec, config_hash, load_config, parse_config
 from storybench_core.errors import DownloadError, JudgeError
@@ -143,7 +144,7 @@ def test_watched_evaluation_prefers_selection_then_running_then_oldest_queued():
 
 
 def test_console_buffer_reads_incrementally(store):
-    eid = jobs.enqueue(store, fake_config())
+    eid = jobs.enqueue(store, fake_config(), LOCAL_ADMIN)
     buffer = run.ConsoleBuffer(eid)
     assert len(buffer.refresh(store)) == 1 and "queued 'views'" in buffer.text
     store.append_event(eid, "warning", "something odd")
@@ -154,7 +155,7 @@ def test_console_buffer_reads_incrementally(store):
 
 
 def test_evaluations_frame_and_other_workers(store):
-    eid = jobs.enqueue(store, fake_config())
+    eid = jobs.enqueue(store, fake_config(), LOCAL_ADMIN)
     jobs.Worker(store).run_once()
     frame = run.evaluations_frame(store.list_evaluations())
     row = frame.iloc[0].to_dict()
@@ -172,7 +173,7 @@ def test_evaluations_frame_and_other_workers(store):
 
 @pytest.fixture
 def response_docs(store):
-    eid = jobs.enqueue(store, fake_config())
+    eid = jobs.enqueue(store, fake_config(), LOCAL_ADMIN)
     jobs.Worker(store).run_once()
     docs = store.list_responses(eid, include_messages=False)
     api = dict(docs[0], id="api1", model_name="api", model_ref={"kind": "api"}, error="429 after retries")
@@ -215,7 +216,7 @@ def test_model_summary_and_chart_frame_leave_failures_out(response_docs):
 
 
 def test_response_detail_has_prompt_answer_and_conversation(store):
-    eid = jobs.enqueue(store, fake_config())
+    eid = jobs.enqueue(store, fake_config(), LOCAL_ADMIN)
     jobs.Worker(store).run_once()
     doc = store.list_responses(eid, model_name="short", prompt_index=1)[0]
     detail = results.response_detail(doc)
@@ -299,6 +300,7 @@ def test_field_errors_land_on_their_fields():
 
 
 def test_judge_choices_map_to_model_specs(monkeypatch):
+    monkeypatch.setenv("STORYBENCH_MODEL_DIRS", "/models")  # the operator allows the judge's folder
     values, model_list, base = configure.form_values(configure.default_config_dict())
     api = configure.check_form(
         values | {"judge_model": configure.JUDGE_API, "judge_preset": "openrouter"}, model_list, base
@@ -320,10 +322,17 @@ def test_judge_choices_map_to_model_specs(monkeypatch):
     again, _, base2 = configure.form_values(check.data)  # and back into the form
     assert again["judge_model"] == configure.JUDGE_API and again["judge_api_model"] == "x/y"
     listed = configure.judge_choices(model_list, base2)
-    assert listed[:3] == [configure.JUDGE_NONE, configure.JUDGE_BUNDLED, configure.JUDGE_API]
-    assert listed[3] == "listed: gemma-3-270m-q4_k_m (bundled)"
-    same = configure.check_form(values | {"judge_model": listed[3]}, model_list, base)
+    smollm2 = "bundled model (SmolLM2 135M Instruct)"
+    assert listed[:4] == [configure.JUDGE_NONE, configure.JUDGE_BUNDLED, smollm2, configure.JUDGE_API]
+    assert listed[4] == "listed: gemma-3-270m-q4_k_m (bundled)"
+    same = configure.check_form(values | {"judge_model": listed[4]}, model_list, base)
     assert same.config.judge.model.kind == "bundled"
+    # A built-in judge other than the default keeps its builtin id, and reads back as the same choice.
+    other = configure.check_form(values | {"judge_model": smollm2}, model_list, base)
+    assert other.config.judge.model == ModelSpec(kind="bundled", builtin="smollm2-135m-instruct")
+    assert configure.form_values(other.data)[0]["judge_model"] == smollm2
+    gemma = configure.check_form(values | {"judge_model": configure.JUDGE_BUNDLED}, model_list, base)
+    assert gemma.data["judge"]["model"]["builtin"] is None  # the default needs no builtin id
     path_judge = {"kind": "path", "path": "/models/judge.gguf"}
     loaded_values, loaded_models, loaded_base = configure.form_values(
         check.data | {"judge": {"model": path_judge}}
@@ -358,6 +367,24 @@ def test_model_forms_validate_and_names_stay_unique(monkeypatch):
     with pytest.raises(ConfigError, match="already in the list"):
         configure.add_model(listed, {"kind": "bundled"})
     assert len(configure.add_model(listed, {"kind": "bundled", "name": "second"})) == 3
+    # The Bundled tab's picker: each built-in model, default first; the default needs no builtin id.
+    builtins = configure.builtin_choices()
+    assert list(builtins) == ["gemma-3-270m", "smollm2-135m-instruct"]
+    gemma = configure.model_from_form("bundled", {"builtin": "gemma-3-270m", "name": ""})
+    assert gemma == {"kind": "bundled"}
+    smol = configure.model_from_form("bundled", {"builtin": "smollm2-135m-instruct", "name": ""})
+    assert smol == {"kind": "bundled", "builtin": "smollm2-135m-instruct"}
+    two = configure.add_model([{"kind": "bundled"}], smol)  # two built-ins: two names, no clash
+    assert list(configure.models_frame(two)["name"]) == [
+        "gemma-3-270m-q4_k_m (bundled)",
+        "smollm2-135m-instruct-q4_1 (bundled)",
+    ]
+    assert list(configure.models_frame(two)["source"]) == [
+        "packaged with Storybench: Gemma 3 270M",
+        "packaged with Storybench: SmolLM2 135M Instruct",
+    ]
+    with pytest.raises(ConfigError, match="builtin 'nope' is not known"):
+        configure.model_from_form("bundled", {"builtin": "nope"})
 
 
 def test_models_frame_masks_keys(monkeypatch, tmp_path):
@@ -385,15 +412,23 @@ def test_models_frame_masks_keys(monkeypatch, tmp_path):
             {"kind": "path", "path": "/nowhere/x.gguf"},
         ]
     )
-    assert list(frame["api key"][:2]) == ["OPENAI_API_KEY: set (sk-…99)", "DEEPINFRA_API_KEY: not set"]
-    assert "sk-secret-value-99" not in frame.to_string()
+    # Only "set / not set", and only for a key bound to the endpoint: a preset's key is not
+    # for another base_url, and nothing says whether an unbound variable is set.
+    assert list(frame["api key"][:2]) == [
+        "OPENAI_API_KEY: set",
+        "DEEPINFRA_API_KEY: not allowed for this endpoint",
+    ]
+    assert "sk-secret-value-99" not in frame.to_string() and "…" not in frame.to_string()
+    monkeypatch.setenv("HF_TOKEN", "hf_visitor_wants_to_know")
+    assert configure.api_key_status("HF_TOKEN") == "HF_TOKEN: not bound to any endpoint"
+    assert configure.api_key_status("OPENAI_API_KEY") == "OPENAI_API_KEY: set"
     assert list(frame["source"][2:]) == [str(gguf), "/nowhere/x.gguf (not found on this machine)"]
     assert configure.api_key_status(None) == "no key needed"
 
 
-def test_named_configs_and_uploads():
+def test_named_configs_and_uploads(store):
     config = fake_config()
-    path = configure.save_named_config(config, "My Run #2")
+    path = configure.save_named_config(config, LOCAL_ADMIN, store, "My Run #2")
     assert path == paths.configs_dir() / "my-run-2.json" and load_config(path) == config
     assert configure.saved_config_names() == ["my-run-2"]
     assert configure.load_named_config("my-run-2") == config
@@ -404,7 +439,7 @@ def test_named_configs_and_uploads():
     assert configure.parse_uploaded_config(text.encode(), "x.json") == config
     with pytest.raises(ConfigError, match="x.json: not valid JSON at line 1"):
         configure.parse_uploaded_config(b"{", "x.json")
-    with pytest.raises(ConfigError, match="not a UTF-8"):
+    with pytest.raises(ConfigError, match="UTF-16.*not UTF-8"):
         configure.parse_uploaded_config(b"\xff\xfe", "x.json")
     yaml_text = "models: [{kind: bundled}]\nsequences: [film]\n"
     assert configure.parse_uploaded_config(yaml_text.encode(), "c.yaml").sequences == ("film",)
@@ -452,7 +487,7 @@ def test_cached_models_frame_describes_each_file(tmp_path):
     assert models.format_count(7_000_000_000) == "7.0 B" and models.format_count(None) == "—"
 
 
-def test_download_tracker_reports_progress_success_and_failure(tmp_path):
+def test_download_tracker_reports_progress_success_and_failure(tmp_path, store):
     release = threading.Event()
     out = tmp_path / "m.gguf"
 
@@ -468,13 +503,13 @@ def test_download_tracker_reports_progress_success_and_failure(tmp_path):
         return out
 
     tracker = models.DownloadTracker(resolve)
-    first = tracker.start(ModelRef("owner/repo", "good.gguf"))
-    assert tracker.start(ModelRef("owner/repo", "good.gguf")) is not None
+    first = tracker.start(ModelRef("owner/repo", "good.gguf"), LOCAL_ADMIN, store)
+    assert tracker.start(ModelRef("owner/repo", "good.gguf"), LOCAL_ADMIN, store) is not None
     assert _wait(lambda: tracker.snapshot()[0].done_bytes == 50)
     state = tracker.snapshot()[0]
     assert state.fraction == 0.25 and state.progress_label.endswith("/ 200 MiB") is False and tracker.busy
-    tracker.start(ModelRef("owner/repo", "bad.gguf"))
-    tracker.start(ModelRef("owner/repo", "bug.gguf"))
+    tracker.start(ModelRef("owner/repo", "bad.gguf"), LOCAL_ADMIN, store)
+    tracker.start(ModelRef("owner/repo", "bug.gguf"), LOCAL_ADMIN, store)
     release.set()
     tracker.wait()
     states = {s.label: s for s in tracker.snapshot()}
@@ -523,7 +558,7 @@ def _reply(score: int, note: str = "fine") -> str:
 @pytest.fixture
 def judged_store(store):
     """short/long × three prompts; long scores 4, short 2, and long's prompt 1 has one failed judgement."""
-    eid = jobs.enqueue(store, fake_config())
+    eid = jobs.enqueue(store, fake_config(), LOCAL_ADMIN)
     jobs.Worker(store).run_once()
     rubric, cfg = catalog.load_rubric(), JudgeConfig(max_retries=0)
     for response in store.list_responses(eid):
@@ -648,6 +683,7 @@ def test_judge_options_and_warnings():
     options = scores.judge_options(plain)
     assert list(options) == [
         "Bundled model: gemma-3-270m-q4_k_m (bundled)",
+        "Bundled model: smollm2-135m-instruct-q4_1 (bundled)",
         "Same as candidate: short",
         "Same as candidate: long",
     ]
@@ -676,10 +712,10 @@ def test_export_stem_and_export_files(judged_store):
 
 def test_judge_jobs_run_in_the_background_and_skip_what_is_judged(store):
     config = parse_config(fake_config().model_dump() | {"judge": {"model": {"kind": "fake", "name": "fj"}}})
-    eid = jobs.enqueue(store, config)
+    eid = jobs.enqueue(store, config, LOCAL_ADMIN)
     jobs.Worker(store).run_once()
     tracker = judging.JudgeJobs()
-    state = tracker.start(store, eid, None, "Configured judge: fj")
+    state = tracker.start(store, eid, LOCAL_ADMIN, None, "Configured judge: fj")
     assert state.evaluation_id == eid and state.judge_label == "Configured judge: fj"
     tracker.wait(eid)
     done = tracker.state(eid)
@@ -693,7 +729,7 @@ def test_judge_jobs_run_in_the_background_and_skip_what_is_judged(store):
     assert any("judging finished" in line for line in done.lines)
     assert any("judging finished" in e["message"] for e in store.list_events(eid))  # the run's console too
     assert len(store.list_judgements(eid)) == 6
-    tracker.start(store, eid, ModelSpec(kind="fake", name="fj"))
+    tracker.start(store, eid, LOCAL_ADMIN, ModelSpec(kind="fake", name="fj"))
     tracker.wait(eid)
     assert tracker.state(eid).skipped == 6 and len(store.list_judgements(eid)) == 6
     tracker.shutdown()
@@ -717,24 +753,27 @@ def test_judge_jobs_report_errors_stop_and_run_one_at_a_time(store):
         return judge.JudgeSummary(judged=1, stopped=should_stop())
 
     events: list[tuple[str, str]] = []
-    store_ = SimpleNamespace(append_event=lambda eid, level, message, **f: events.append((eid, message)))
+    store_ = SimpleNamespace(
+        append_event=lambda eid, level, message, **f: events.append((eid, message)),
+        add_audit=lambda doc: "audit-id",
+    )
     tracker = judging.JudgeJobs(judge=fake_judge)
-    tracker.start(store_, "slow")
+    tracker.start(store_, "slow", LOCAL_ADMIN)
     assert _wait(lambda: tracker.state("slow").total == 4)
     running = tracker.state("slow")
     assert running.active and running.fraction == 0.25 and running.progress_label == "x: 1 / 4 judgements"
-    assert tracker.start(store_, "slow").status == "running"  # already active: not started twice
-    tracker.start(store_, "broken")
+    assert tracker.start(store_, "slow", LOCAL_ADMIN).status == "running"  # already active: not started twice
+    tracker.start(store_, "broken", LOCAL_ADMIN)
     assert tracker.state("broken").status == "waiting" and tracker.busy  # one job at a time
     assert "waiting" in tracker.state("broken").progress_label
     release.set()
-    tracker.stop("slow")
+    tracker.stop("slow", LOCAL_ADMIN)
     tracker.wait()
     assert tracker.state("slow").status == "stopped"
     assert (
         tracker.state("broken").status == "failed" and "no judge configured" in tracker.state("broken").error
     )
-    tracker.start(store_, "bug")
+    tracker.start(store_, "bug", LOCAL_ADMIN)
     tracker.wait("bug")
     error = tracker.state("bug").error
     assert "unexpected RuntimeError" in error and "secret" not in error

@@ -8,11 +8,17 @@ import threading
 import pytest
 from test_pairwise import JUDGE, fake_pool, make_evaluation, quality_judge
 
-from storybench_core import pairwise, votes
-from storybench_core.errors import StorybenchError
+from storybench_core import audit, pairwise, votes
+from storybench_core.access import LOCAL_ADMIN, Principal
+from storybench_core.errors import PermissionDenied, StorybenchError
 from storybench_core.store.sqlite import SQLiteStore
 
 MODELS = {"xq-weak": 1, "xq-strong": 3}
+
+
+def person(name: str, role: str = "viewer") -> Principal:
+    """A signed-in voter: the vote is tied to this identity."""
+    return Principal(id=name, name=name.title(), role=role, source="oidc")  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -33,7 +39,7 @@ def test_a_pair_shows_texts_but_no_model_until_the_vote(store):
     with pytest.raises(StorybenchError, match="after your vote"):
         votes.reveal(store, view, "ada")
 
-    result = votes.record_vote(store, "ada", view, "A", "  the first one sings ")
+    result = votes.record_vote(store, person("ada"), view, "A", "  the first one sings ")
     assert result.stored and result.vote["note"] == "the first one sings"
     revealed = votes.reveal(store, view, "ada")
     assert {revealed.model_a, revealed.model_b} == set(MODELS)
@@ -50,7 +56,7 @@ def test_a_voter_never_sees_the_same_pair_twice_even_in_a_new_session(store):
         view = votes.next_pair_for(store, eid, "bo")
         assert view is not None and view.pair_key not in seen
         seen.append(view.pair_key)
-        votes.record_vote(store, "bo", view, ["A", "B", "tie"][i % 3])
+        votes.record_vote(store, person("bo"), view, ["A", "B", "tie"][i % 3])
     assert votes.next_pair_for(store, eid, "bo") is None
     # A later session (a fresh store connection) remembers too; another voter still has every pair.
     again = SQLiteStore(store.path)
@@ -64,8 +70,8 @@ def test_a_voter_never_sees_the_same_pair_twice_even_in_a_new_session(store):
 def test_a_double_submit_stores_one_vote(store):
     eid = make_evaluation(store, MODELS, runs=1)
     view = votes.next_pair_for(store, eid, "dee")
-    first = votes.record_vote(store, "dee", view, "B")
-    second = votes.record_vote(store, "dee", view, "A")
+    first = votes.record_vote(store, person("dee"), view, "B")
+    second = votes.record_vote(store, person("dee"), view, "A")
     assert first.stored and not second.stored and second.vote["choice"] == "B"
     assert len(store.list_votes(eid)) == 1
 
@@ -82,7 +88,7 @@ def test_concurrent_voters_store_one_vote_each_without_collision(store):
         try:
             barrier.wait()
             voter = name.removesuffix("-again")
-            results[name] = votes.record_vote(store, voter, views[name], "A")
+            results[name] = votes.record_vote(store, person(voter), views[name], "A")
         except BaseException as exc:
             errors.append(exc)
 
@@ -110,7 +116,7 @@ def test_least_certain_pairs_come_first(store):
             responses[view.response_a]["model_name"],
             responses[view.response_b]["model_name"],
         }
-        votes.record_vote(store, "gus", view, "tie")
+        votes.record_vote(store, person("gus"), view, "tie")
     assert all(m == {"m2", "m3"} for m in models.values())
     pairs = pairwise.pairs_for(store, eid)
     openness = votes.uncertainty(pairs, pairwise.all_outcomes(store, eid), store.list_votes(eid))
@@ -132,7 +138,7 @@ def test_votes_feed_the_ratings_as_the_human_judge(store):
     for voter in ("hal", "ida"):
         while (view := votes.next_pair_for(store, eid, voter)) is not None:
             model_a = store.get_response(view.response_a)["model_name"]
-            votes.record_vote(store, voter, view, "A" if model_a == "xq-strong" else "B")
+            votes.record_vote(store, person(voter), view, "A" if model_a == "xq-strong" else "B")
     outcomes = pairwise.all_outcomes(store, eid)
     human = outcomes[outcomes["judge"] == pairwise.HUMAN]
     # Outcomes use the canonical orientation (model_a = "xq-strong", the first by name).
@@ -153,8 +159,41 @@ def test_bad_input_is_refused(store):
     with pytest.raises(StorybenchError, match="voter's name"):
         votes.next_pair_for(store, eid, "   ")
     with pytest.raises(StorybenchError, match="A, B or tie"):
-        votes.record_vote(store, "jo", view, "C")
+        votes.record_vote(store, person("jo"), view, "C")
     assert votes.votable_evaluations(store)[0]["id"] == eid
     lonely = make_evaluation(store, {"solo": 1}, runs=1)
     assert lonely not in [e["id"] for e in votes.votable_evaluations(store)]
     assert votes.next_pair_for(store, lonely, "jo") is None
+
+
+def test_a_signed_in_vote_is_tied_to_the_identity_and_audited(store):
+    eid = make_evaluation(store, MODELS, runs=1)
+    ana = Principal(id="ana@example.com", name="Ana", role="viewer", source="oidc")
+    view = votes.next_pair_for(store, eid, votes.voter_id(ana, "somebody else"))
+    result = votes.record_vote(store, ana, view, "A", typed_name="somebody else")
+    assert result.stored and result.vote["voter"] == "ana@example.com" and result.vote["voter_name"] == "Ana"
+    # The same person under another typed name is still the same voter: no second vote.
+    again = votes.record_vote(store, ana, view, "B", typed_name="ana's alias")
+    assert not again.stored and len(store.list_votes(eid)) == 1
+    [entry] = audit.entries(store, action="vote")
+    assert (entry.actor, entry.target, entry.details["pair_key"]) == ("ana@example.com", eid, view.pair_key)
+    assert "choice" not in entry.details  # the audit trail does not reveal a blind vote
+
+
+def test_a_local_install_names_voters_by_the_typed_name(store):
+    eid = make_evaluation(store, MODELS, runs=1)
+    assert votes.voter_id(LOCAL_ADMIN, "  ") is None
+    view = votes.next_pair_for(store, eid, "kim")
+    with pytest.raises(StorybenchError, match="voter's name"):
+        votes.record_vote(store, LOCAL_ADMIN, view, "A")
+    result = votes.record_vote(store, LOCAL_ADMIN, view, "A", typed_name=" kim ")
+    assert result.vote["voter"] == "kim"
+    assert audit.entries(store, action="vote")[0].actor == "local"
+
+
+def test_a_vote_needs_at_least_the_viewer_role(store):
+    eid = make_evaluation(store, MODELS, runs=1)
+    view = votes.next_pair_for(store, eid, "lu")
+    with pytest.raises(PermissionDenied, match="vote"):
+        votes.record_vote(store, person("lu", role="nobody"), view, "A")
+    assert store.list_votes(eid) == [] and audit.entries(store, action="vote") == []

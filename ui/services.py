@@ -8,20 +8,23 @@ into storybench_core each. Every cached function takes the store location as
 its first argument, so two STORYBENCH_HOMEs in one process (tests) never
 share an entry.
 
-STORYBENCH_DISABLE_WORKER=1 keeps the server from starting its worker, e.g.
-when a `storybench worker` process does the work, or in tests that run the
-worker themselves.
+`storybench serve` starts the worker with the server (ui/server.py, an st.App lifespan),
+so queued runs start before anyone opens a browser. STORYBENCH_DISABLE_WORKER=1 keeps
+the server from starting its worker, e.g. when a `storybench worker` process does the
+work, or in tests that run the worker themselves.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from storybench_core import catalog, jobs, pairwise, paths, results
+from storybench_core.access import Principal
 from storybench_core.config import ModelSpec
 from storybench_core.hardware import HardwareSnapshot, hardware_snapshot
 from storybench_core.logs import setup_logging
@@ -74,8 +77,39 @@ def _worker(location: str, enabled: bool) -> jobs.Worker | None:
 
 
 def worker() -> jobs.Worker | None:
-    """The server-owned worker (started on first use), or None when disabled."""
+    """The server-owned worker, or None when disabled.
+
+    `storybench serve` (ui/server.py) starts it with the server and stops it at shutdown;
+    under a plain `streamlit run streamlit_app.py` it starts with the first session.
+    """
     return _worker(store_location(), worker_enabled())
+
+
+# When the server's lifespan started the worker (None: the first session did, or nobody yet).
+_started_with_server: dict[str, datetime] = {}
+
+
+def start_with_server() -> jobs.Worker | None:
+    """Start the worker as the server starts (ui/server.py's lifespan), before any session."""
+    started = worker()
+    if started is not None:
+        _started_with_server["at"] = datetime.now(UTC)
+    return started
+
+
+def stop_with_server(timeout_s: float = 30.0) -> None:
+    """At server shutdown: stop the worker (its run ends as stopped, resumable) and judge jobs."""
+    running = _worker(store_location(), worker_enabled())
+    if running is not None:
+        running.shutdown(timeout=timeout_s)
+    _started_with_server.clear()
+    for resource in (_worker, _judge_jobs, _downloads):
+        resource.clear()  # on_release hooks run here, not at some later eviction
+
+
+def worker_started_with_server() -> datetime | None:
+    """When the server's lifespan started the worker, or None when a session started it."""
+    return _started_with_server.get("at")
 
 
 @st.cache_resource(show_spinner=False)
@@ -102,9 +136,11 @@ def judge_jobs() -> JudgeJobs:
     return _judge_jobs(store_location())
 
 
-def judge_now(evaluation_id: str, judge_spec: ModelSpec | None, label: str = "") -> JudgeJobState:
-    """Start judging an evaluation in the background (None: its configured judges)."""
-    return judge_jobs().start(store(), evaluation_id, judge_spec, label)
+def judge_now(
+    evaluation_id: str, principal: Principal, judge_spec: ModelSpec | None, label: str = ""
+) -> JudgeJobState:
+    """Start judging an evaluation in the background for principal (None: its configured judges)."""
+    return judge_jobs().start(store(), evaluation_id, principal, judge_spec, label)
 
 
 # --- cached reads ---------------------------------------------------------------------

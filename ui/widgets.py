@@ -17,8 +17,9 @@ import streamlit as st
 
 from storybench_core import paths
 from storybench_core.errors import StorybenchError
-from storybench_core.logs import mask_secrets
+from storybench_core.redact import redact
 from storybench_core.store.base import Store
+from storybench_core.text_safety import safe_inline, safe_markdown
 from storybench_core.views import run as run_view
 from ui import services
 
@@ -37,7 +38,7 @@ STATUS_COLORS = {
 def error_message(exc: BaseException, what: str) -> str:
     """The text shown for an error: ours as is, anything else as a generic line (logged with traceback)."""
     if isinstance(exc, StorybenchError):
-        return mask_secrets(str(exc))
+        return safe_markdown(redact(str(exc)))  # it may quote a model's or a server's words
     log.error("unexpected error while %s", what, exc_info=exc)
     return (
         f"Something went wrong while {what} ({type(exc).__name__}). "
@@ -121,7 +122,7 @@ def sidebar_status() -> None:
         show_error(exc, "opening the store")
         return
     st.caption("Store")
-    st.code(mask_secrets(store.describe()), language=None, wrap_lines=True)
+    st.code(redact(store.describe()), language=None, wrap_lines=True)
     with guarded("starting the worker"):
         worker = services.worker()
         docs = services.evaluations()
@@ -132,11 +133,30 @@ def sidebar_status() -> None:
             st.markdown(":red-badge[stopped] the dashboard's worker thread has stopped; see the log file")
         elif worker.current:
             name = next((d.get("name") for d in docs if d["id"] == worker.current), worker.current)
-            st.markdown(f":blue-badge[busy] running **{name}**")
+            st.markdown(f":blue-badge[busy] running **{safe_inline(name)}**")
         else:
             st.markdown(":green-badge[idle] waiting for queued runs")
+        if worker is not None:
+            started = services.worker_started_with_server()
+            st.caption(
+                f"Started with the server at {started:%H:%M} UTC; it stops with the server."
+                if started
+                else "Started with the first session (`make run` starts it with the server)."
+            )
         if worker is not None and worker.last_error:
-            st.caption(f"Last worker error: {mask_secrets(worker.last_error)}")
+            st.caption(f"Last worker error: {safe_markdown(redact(worker.last_error))}")
         others = run_view.workers_seen(docs, worker.worker_id if worker else None)
         for other in others:
             st.caption(f"Also working: worker {other}")
+    unreadable_rows_flag(store)
+
+
+def unreadable_rows_flag(store: Store) -> None:
+    """Say so when reads skipped damaged rows (store/unreadable.py): they are in no list."""
+    skipped = store.unreadable_rows()
+    if skipped:
+        st.warning(
+            f"{len(skipped)} stored row(s) could not be read and are left out of the lists "
+            f"(first: {skipped[0].collection} {skipped[0].row_id}); details in the log file: {paths.log_path()}",
+            icon=":material/warning:",
+        )

@@ -1,7 +1,9 @@
 """A scripted test double: deterministic text, no model, no network.
 
 Used by fast tests of the runner, jobs, judge, store and pages; the slow
-tests cover the same paths with the real bundled model. Its output depends
+tests cover the same paths with the real bundled model. Configs may name
+kind `fake` only when STORYBENCH_ENABLE_FAKE_BACKEND=1 (tests/conftest.py):
+on a real server it could store forged responses under any model name. Its output depends
 only on the conversation and the seed, so reproducibility checks mean
 something. Options (ModelSpec.options): delay_s per streamed word,
 fail_on (a substring of the prompt that makes the call raise ModelError),
@@ -114,7 +116,7 @@ class FakeBackend:
             if on_token is not None:
                 on_token(piece)
             if self.delay_s:
-                time.sleep(self.delay_s)
+                _pause(self.delay_s, on_token)
         elapsed = max(time.perf_counter() - start, 1e-6)
         prompt_tokens = self.count_tokens(messages)
         return Completion(
@@ -151,6 +153,15 @@ class FakeBackend:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _pause(seconds: float, on_token: TokenCallback | None) -> None:
+    """Sleep in short slices with an empty piece between them: the caller's chance to stop."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.05))
+        if on_token is not None and left > 0.05:
+            on_token("")
 
 
 def _example_for_schema(schema: dict[str, Any], seed: int) -> Any:

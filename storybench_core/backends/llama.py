@@ -443,7 +443,7 @@ def resolve_model_path(spec: ModelSpec) -> Path:
     if spec.kind == "bundled":
         from ..bundled import ensure_bundled_model
 
-        return ensure_bundled_model()
+        return ensure_bundled_model(builtin=spec.builtin)
     if spec.kind == "hf":
         from ..hub import ModelRef, resolve_model
 
@@ -451,7 +451,9 @@ def resolve_model_path(spec: ModelSpec) -> Path:
         ref = ModelRef(spec.repo_id, spec.filename, subdirectory=spec.subdirectory, revision=spec.revision)
         return resolve_model(ref)
     if spec.kind == "path":
-        return Path(spec.path or "").expanduser()
+        from ..paths import confine_model_path
+
+        return confine_model_path(spec.path or "")  # only the operator's model folders, checked at load
     raise ConfigError(f"model '{spec.display_name}': kind '{spec.kind}' is not a GGUF model")
 
 

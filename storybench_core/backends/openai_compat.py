@@ -2,10 +2,17 @@
 
 The only module that imports `openai`. It streams chat completions, runs its
 own retry loop (429, 5xx and connection errors; exponential backoff with full
-jitter; Retry-After honoured) so every retry is logged and testable, limits
-concurrency and requests per minute per endpoint across the whole process,
-and translates the library's errors into ours. The API key stays in here:
-never in a message, a log line or a Completion.
+jitter; Retry-After honoured; every bound capped) so every retry is logged and
+testable, limits concurrency and requests per minute per endpoint across the
+whole process, and translates the library's errors into ours. Which endpoint a
+model may reach and which key it carries is endpoints.py's decision; the key
+stays in here: never in a message, a log line or a Completion.
+
+Every request ends: after `timeout_s` of silence, at its wall-time limit
+(`timeout_s` plus 0.1 s per token of max_tokens), and a streamed answer is cut
+at max_tokens pieces or MAX_TOKEN_BYTES bytes a token (finish_reason "length").
+While it waits, the backend calls on_token("") about once a second, so a caller
+can raise StopRequested even when the endpoint says nothing.
 
 ModelSpec.options understood here: n_ctx, max_retries, backoff_base_s,
 backoff_max_s, max_retry_after_s, stream_usage (False: don't ask for usage),
@@ -16,18 +23,15 @@ extra_body (a dict merged into each request, e.g. OpenRouter routing).
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
-import tomllib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -42,58 +46,28 @@ from ..errors import (
     StopRequested,
     StorybenchError,
 )
-from ..logs import mask_secrets
+from ..redact import redact
+from .api_http import guarded_client, was_truncated
+from .api_stream import POLL_S, WallTimeExceeded, pump
 from .base import BatchTokenCallback, Completion, GenerationSettings, Message, TokenCallback
-from .presets import preset_of
+from .endpoints import NO_KEY, EndpointAccess, HostNotFound, api_key, checked_addresses, endpoint_access
 
 log = logging.getLogger(__name__)
 
-# Sent to servers that want no key: the client library insists on some value.
-NO_KEY = "not-needed"
-SECRETS_FILE = Path(".streamlit") / "secrets.toml"
 # Structured-output modes, strongest first; a server that rejects one gets the next.
 STRUCTURED_MODES = ("json_schema", "json_object", "none")
+# A streamed answer may hold at most this many UTF-8 bytes per token of max_tokens (and 4 KiB).
+MAX_TOKEN_BYTES = 16
+# Wall time of one request: timeout_s for the first byte, then at least 10 tokens a second.
+WALL_S_PER_TOKEN = 0.1
 
 
 # --- the API key ----------------------------------------------------------------
 
 
 def resolve_api_key(spec: ModelSpec) -> str:
-    """The key for spec's endpoint: $api_key_env, else .streamlit/secrets.toml, else NO_KEY.
-
-    Raises AuthError when the endpoint needs a key and none is set.
-    """
-    preset = preset_of(spec)
-    env = spec.api_key_env or (preset.api_key_env if preset else None)
-    needs_key = preset.needs_key if preset else bool(spec.api_key_env)
-    value = (os.environ.get(env) or _key_from_secrets(env)) if env else None
-    if value and value.strip():
-        return value.strip()
-    if needs_key:
-        where = f"{spec.base_url}" + (f" ({preset.label})" if preset else "")
-        raise AuthError(
-            f"model '{spec.display_name}' needs an API key for {where}: set the environment variable "
-            f'{env} (or add {env} = "..." to {SECRETS_FILE}) and try again'
-        )
-    return NO_KEY
-
-
-def _key_from_secrets(name: str) -> str | None:
-    """A key named `name` in ./.streamlit/secrets.toml, at top level or under [api_keys]."""
-    path = Path.cwd() / SECRETS_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        # Only the type: a parse error message could quote a line holding a secret.
-        log.warning("cannot read %s (%s); ignoring it", path, type(exc).__name__)
-        return None
-    value = data.get(name)
-    if not isinstance(value, str):
-        section = data.get("api_keys")
-        value = section.get(name) if isinstance(section, dict) else None
-    return value if isinstance(value, str) and value.strip() else None
+    """The key bound to spec's endpoint (endpoints.py), NO_KEY when none is; AuthError when missing."""
+    return api_key(endpoint_access(spec))
 
 
 # --- per-endpoint limits, shared by every backend in the process ---------------------
@@ -190,6 +164,15 @@ def endpoint_rate_limiter(base_url: str, requests_per_minute: int | None) -> Rat
 # --- retries ----------------------------------------------------------------------
 
 
+# The most a config may ask for: retries are bounded whatever the options say.
+RETRY_LIMITS: dict[str, float] = {
+    "max_retries": 10,
+    "backoff_base_s": 60.0,
+    "backoff_max_s": 300.0,
+    "max_retry_after_s": 600.0,
+}
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how long to wait before trying a failed request again."""
@@ -202,11 +185,15 @@ class RetryPolicy:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RetryPolicy:
+        """The policy a model's options ask for, each bound clipped to RETRY_LIMITS."""
         names = ("max_retries", "backoff_base_s", "backoff_max_s", "max_retry_after_s")
         try:
-            return cls(**{n: type(getattr(cls, n))(options[n]) for n in names if n in options})
-        except (TypeError, ValueError) as exc:
+            asked = {n: type(getattr(cls, n))(options[n]) for n in names if n in options}
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ConfigError(f"model options: {', '.join(names)} must be numbers ({exc})") from None
+        if any(not 0 <= v < float("inf") for v in asked.values()):
+            raise ConfigError(f"model options: {', '.join(names)} must be finite and not negative")
+        return cls(**{n: min(v, RETRY_LIMITS[n]) for n, v in asked.items()})  # type: ignore[arg-type]
 
     def backoff_s(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Full jitter: uniform in [0, min(max, base · 2^attempt)]."""
@@ -274,19 +261,18 @@ class _Endpoint:
     hint: str = ""
 
     def mask(self, text: str) -> str:
-        return mask_secrets(text, extra=[self.key] if self.key != NO_KEY else None)
+        return redact(text, extra=[self.key] if self.key != NO_KEY else None)
 
 
-def _endpoint_for(spec: ModelSpec, key: str) -> _Endpoint:
-    preset = preset_of(spec)
+def _endpoint_for(spec: ModelSpec, access: EndpointAccess, key: str) -> _Endpoint:
     return _Endpoint(
         name=spec.display_name,
-        base_url=(spec.base_url or "").rstrip("/"),
+        base_url=access.base_url,
         model=spec.api_model or "",
-        key_env=spec.api_key_env or (preset.api_key_env if preset else None),
+        key_env=access.key_env,
         key=key,
         timeout_s=spec.timeout_s,
-        hint=preset.notes if preset and not preset.needs_key else "",
+        hint=access.hint,
     )
 
 
@@ -356,9 +342,26 @@ def map_error(
 # --- the backend ------------------------------------------------------------------
 
 
-def _make_client(base_url: str, key: str, timeout_s: float) -> openai.OpenAI:
+def _make_client(access: EndpointAccess, key: str, timeout_s: float) -> openai.OpenAI:
     # max_retries=0: the retry loop is ours, so it is logged and honours our policy.
-    return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout_s, max_retries=0)
+    return openai.OpenAI(
+        api_key=key,
+        base_url=access.base_url,
+        timeout=timeout_s,
+        max_retries=0,
+        http_client=guarded_client(access, timeout_s),
+    )
+
+
+def _open_client(spec: ModelSpec) -> tuple[openai.OpenAI, _Endpoint]:
+    """The client for spec's endpoint, once its binding and its addresses are checked (fails fast)."""
+    access = endpoint_access(spec)
+    key = api_key(access)
+    try:
+        checked_addresses(access.base_url, access)  # a refused address fails here, never retried
+    except HostNotFound:
+        pass  # maybe later: the transport resolves and checks again for every request
+    return _make_client(access, key, spec.timeout_s), _endpoint_for(spec, access, key)
 
 
 def approx_tokens(messages: Sequence[Message]) -> int:
@@ -395,9 +398,7 @@ class OpenAIBackend:
         self._sleep = sleep
         self._rng = rng
         self._n_ctx = int(spec.options.get("n_ctx") or (generation.n_ctx if generation else 4096))
-        key = resolve_api_key(spec)
-        self._endpoint = _endpoint_for(spec, key)
-        self._client = _make_client(self.base_url, key, spec.timeout_s)
+        self._client, self._endpoint = _open_client(spec)
         self._gate = endpoint_gate(self.base_url, spec.max_concurrency)
         self._rate = endpoint_rate_limiter(self.base_url, spec.requests_per_minute)
         # Request features, downgraded once when the server rejects them.
@@ -440,7 +441,7 @@ class OpenAIBackend:
                     self.retry.max_retries,
                     delay,
                 )
-                self._sleep(delay)
+                self._wait(delay, on_token)
                 attempt, waited = attempt + 1, waited + delay
                 continue
             completion.extra["attempts"] = attempt + 1
@@ -504,6 +505,18 @@ class OpenAIBackend:
                 raise
         return [r for r in results if r is not None]
 
+    def _wait(self, delay: float, on_token: TokenCallback | None) -> None:
+        """Sleep before a retry, in slices of at most POLL_S with a heartbeat between (Stop works)."""
+        if on_token is None:
+            self._sleep(delay)
+            return
+        while delay > 0:
+            piece = min(delay, POLL_S)
+            self._sleep(piece)
+            delay -= piece
+            if delay > 0:
+                on_token("")
+
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Approximate (see approx_tokens): the endpoint's tokenizer is not available here."""
         return approx_tokens(messages)
@@ -553,17 +566,29 @@ class OpenAIBackend:
         emitted: list[str],
     ) -> Completion:
         request = self._request(messages, settings)
+        beat = _heartbeat(on_token)
         with self._gate:
             if self._rate is not None:
                 self._rate.acquire()
             log.debug("%s: POST %s/chat/completions", self.name, self.base_url)
             start = time.perf_counter()
-            stream = self._client.chat.completions.create(**request)
+            wall_s = self.spec.timeout_s + WALL_S_PER_TOKEN * settings.max_tokens
             first_token_s: float | None = None
             finish: str | None = None
+            capped: str | None = None
             usage: Any = None
+            budget_bytes = max(4096, MAX_TOKEN_BYTES * settings.max_tokens)
+            used_bytes = 0
+            opened: list[Any] = []
+            chunks = pump(
+                lambda: self._client.chat.completions.create(**request),
+                deadline=time.monotonic() + wall_s,
+                on_idle=beat,
+                on_open=opened.append,
+            )
+            last_text = time.monotonic()
             try:
-                for chunk in stream:
+                for chunk in chunks:
                     if getattr(chunk, "usage", None):
                         usage = chunk.usage
                     for choice in chunk.choices or ():
@@ -571,17 +596,51 @@ class OpenAIBackend:
                             continue
                         text = getattr(choice.delta, "content", None) if choice.delta else None
                         if text:
-                            if first_token_s is None:
-                                first_token_s = time.perf_counter() - start
-                            emitted.append(text)
-                            if on_token is not None:
-                                on_token(text)  # may raise StopRequested: the finally closes the stream
+                            size = len(text.encode("utf-8"))
+                            if used_bytes + size > budget_bytes:
+                                text = _clip_utf8(text, budget_bytes - used_bytes)
+                                capped = "bytes"
+                            if text:
+                                if first_token_s is None:
+                                    first_token_s = time.perf_counter() - start
+                                used_bytes += len(text.encode("utf-8"))
+                                emitted.append(text)
+                                last_text = time.monotonic()
+                                if on_token is not None:
+                                    on_token(text)  # may raise StopRequested: the reader closes the stream
+                            if capped is None and len(emitted) >= settings.max_tokens:
+                                capped = "tokens"
+                        elif time.monotonic() - last_text >= POLL_S:
+                            last_text = time.monotonic()  # chunks without text: still a chance to stop
+                            beat()
                         if choice.finish_reason:
                             finish = choice.finish_reason
+                    if capped is not None:
+                        break  # the endpoint ignored max_tokens: stop reading, the reader hangs up
+            except WallTimeExceeded:
+                raise ApiTimeoutError(
+                    f"model '{self.name}': {self.base_url} did not finish within {wall_s:g} s "
+                    f"(timeout_s {self.spec.timeout_s:g} + {WALL_S_PER_TOKEN:g} s per token of max_tokens); "
+                    "check the server, or raise the model's timeout_s"
+                ) from None
             finally:
-                stream.close()
+                chunks.close()
+            if capped is None and opened and was_truncated(getattr(opened[0], "response", None)):
+                capped = "bytes"
             elapsed = max(time.perf_counter() - start, 1e-6)
-        return self._completion(messages, settings, emitted, finish, usage, elapsed, first_token_s)
+        completion = self._completion(messages, settings, emitted, finish, usage, elapsed, first_token_s)
+        if capped is not None:
+            completion.finish_reason = "length"
+            completion.extra["client_cap"] = capped
+            completion.completion_tokens = min(completion.completion_tokens, settings.max_tokens)
+            log.warning(
+                "%s: %s sent more than max_tokens=%d allows (%s); cut it off",
+                self.name,
+                self.base_url,
+                settings.max_tokens,
+                capped,
+            )
+        return completion
 
     def _completion(
         self,
@@ -665,6 +724,18 @@ class OpenAIBackend:
         return error
 
 
+def _heartbeat(on_token: TokenCallback | None) -> Callable[[], None]:
+    """on_token(""): lets the caller raise StopRequested while the endpoint is silent."""
+    if on_token is None:
+        return lambda: None
+    return lambda: on_token("")
+
+
+def _clip_utf8(text: str, budget: int) -> str:
+    """The longest prefix of text within budget UTF-8 bytes."""
+    return text.encode("utf-8")[: max(budget, 0)].decode("utf-8", errors="ignore")
+
+
 def _describe(exc: openai.OpenAIError) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}"
@@ -682,9 +753,7 @@ def list_endpoint_models(spec: ModelSpec, *, retry: RetryPolicy | None = None) -
         raise ApiError(f"model '{spec.display_name}': base_url is not set")
     policy = retry or RetryPolicy.from_options(spec.options)
     base_url = spec.base_url.rstrip("/")
-    key = resolve_api_key(spec)
-    endpoint = _endpoint_for(spec, key)
-    client = _make_client(base_url, key, spec.timeout_s)
+    client, endpoint = _open_client(spec)
     try:
         attempt = 0
         while True:

@@ -123,7 +123,8 @@ def spec_from_preset(preset_id: str, api_model: str, name: str | None = None, **
     """A kind='api' ModelSpec for a model served by a preset's endpoint.
 
     Overrides (base_url, api_key_env, max_concurrency, requests_per_minute,
-    timeout_s, options, ...) replace the preset's values.
+    timeout_s, options, ...) replace the preset's values. A replaced base_url
+    drops the preset's key: it belongs to the preset's own endpoint only.
     """
     preset = get_preset(preset_id)
     if not api_model:
@@ -137,6 +138,8 @@ def spec_from_preset(preset_id: str, api_model: str, name: str | None = None, **
     }
     if name:
         fields["name"] = name
+    if overrides.get("base_url") and str(overrides["base_url"]).rstrip("/") != preset.base_url:
+        fields["api_key_env"] = None
     fields.update(overrides)
     try:
         return ModelSpec(**fields)

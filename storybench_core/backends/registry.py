@@ -49,7 +49,14 @@ def _api_factory(spec: ModelSpec, generation: GenerationSettingsConfig) -> Model
 
 
 def _fake_factory(spec: ModelSpec, generation: GenerationSettingsConfig) -> ModelBackend:
+    from ..config import FAKE_BACKEND_ENV, fake_backend_enabled
     from .fake import FakeBackend
+
+    if not fake_backend_enabled():  # checked again where the worker builds it: stored configs too
+        raise ConfigError(
+            f"model '{spec.display_name}': kind 'fake' is the test double and is off on this server "
+            f"({FAKE_BACKEND_ENV} is not set)"
+        )
 
     return FakeBackend.from_spec(spec, generation)
 

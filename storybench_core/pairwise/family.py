@@ -22,7 +22,7 @@ def _local_gguf(spec: ModelSpec) -> Path | None:
         if spec.kind == "bundled":
             from ..bundled import bundled_model_path
 
-            path = bundled_model_path()
+            path = bundled_model_path(spec.builtin)
         elif spec.kind == "path":
             path = Path(spec.path or "").expanduser()
         elif spec.kind == "hf" and spec.repo_id and spec.filename:
@@ -59,7 +59,9 @@ def model_family(spec: ModelSpec) -> tuple[str | None, str]:
             return _FAMILY_ALIASES.get(match.group(0), match.group(0)), "architecture metadata"
     names = [spec.display_name, spec.repo_id, spec.filename, spec.api_model, spec.path]
     if spec.kind == "bundled":
-        names.append("gemma")
+        from ..bundled import builtin_model
+
+        names.append(builtin_model(spec.builtin).label)
     for text in names:
         fam = _family_from_text(text or "")
         if fam:

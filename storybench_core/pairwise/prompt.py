@@ -9,6 +9,7 @@ from typing import Any
 from ..backends.base import Message
 from ..errors import JudgeError
 from ..judge import extract_json_object
+from ..prompt_fence import Fence
 from ..store.base import Doc
 from .pairs import LABELS, REASON_MAX_CHARS, CriterionGroup
 
@@ -63,23 +64,21 @@ def pair_messages(
     before = "\n".join(f"[turn {i + 1}] {clip_text(b, 600)}" for i, b in enumerate(briefs_before))
     group_lines = "\n".join(f'- "{g.id}": {g.description}' for g in groups)
     shape = ", ".join(f'"{g.id}": "<label>"' for g in groups)
+    a, b = clip_text(text_a, budget_chars), clip_text(text_b, budget_chars)
+    fence = Fence([before, brief, a, b])  # a fresh tag per call (prompt_fence.py)
     user = "\n".join(
         [
             "Two writers answered the same brief. For each group of criteria below, say which text is better.",
+            fence.notice(),
             "",
-            "=== EARLIER BRIEFS (context only; each writer also saw its own earlier answers) ===",
-            before or "None: this is the first brief.",
+            "Earlier briefs, for context only (each writer also saw its own earlier answers):",
+            fence.block("EARLIER BRIEFS", before or "None: this is the first brief."),
             "",
-            "=== THE BRIEF ===",
-            brief,
+            fence.block("BRIEF", brief),
             "",
-            "=== TEXT A ===",
-            clip_text(text_a, budget_chars),
-            "=== END OF TEXT A ===",
+            fence.block("TEXT A", a),
             "",
-            "=== TEXT B ===",
-            clip_text(text_b, budget_chars),
-            "=== END OF TEXT B ===",
+            fence.block("TEXT B", b),
             "",
             "Groups of criteria:",
             group_lines,

@@ -22,7 +22,7 @@ tables (leaderboard and the other aggregates), text (text metrics), compare
 from __future__ import annotations
 
 from .compare import compare_frame
-from .export import evaluation_json, export_csv, export_json, markdown_report, markdown_table
+from .export import csv_bytes, evaluation_json, export_csv, export_json, markdown_report, markdown_table
 from .frames import (
     JUDGEMENT_SCORE_FIELDS,
     RESPONSE_STAT_FIELDS,
@@ -58,6 +58,7 @@ __all__ = [
     "compare_frame",
     "criteria_of",
     "criterion_matrix",
+    "csv_bytes",
     "evaluation_json",
     "export_csv",
     "export_json",

@@ -11,17 +11,23 @@ import numpy as np
 import pandas as pd
 
 from ..store.base import Doc, Store
+from ..text_safety import csv_safe_frame
 from .frames import per_response, responses_frame
 from .tables import criterion_matrix, judge_agreement, leaderboard, per_sequence
 
 # --- exports ---------------------------------------------------------------------------------
 
 
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    """A frame as UTF-8 CSV, no index; no text cell starts with = + - @ (text_safety.csv_safe)."""
+    return csv_safe_frame(df).to_csv(index=False).encode("utf-8")
+
+
 def export_csv(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a results frame as CSV (UTF-8, no index)."""
+    """Write a results frame as CSV (UTF-8, no index, formula-safe cells)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
+    path.write_bytes(csv_bytes(df))
     return path
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from storybench_core.store.unreadable import UnreadableRow
+
 Doc = dict[str, Any]
 
 # Columns of the two flat projections that keep the results views fast: values as the documents
@@ -30,7 +32,7 @@ ACTIVE_STATUSES = ("queued", "running", "stopping")
 
 @runtime_checkable
 class Store(Protocol):
-    """Persistence for evaluations, responses, judgements, events, verdicts and votes."""
+    """Persistence for evaluations, responses, judgements, events, verdicts, votes and the audit trail."""
 
     # --- identity -----------------------------------------------------------
     def describe(self) -> str:
@@ -42,6 +44,10 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def unreadable_rows(self) -> list[UnreadableRow]:
+        """Rows that reads skipped since this store was opened because they could not be decoded."""
+        ...
 
     # --- evaluations --------------------------------------------------------
     def create_evaluation(self, doc: Doc) -> str:
@@ -147,3 +153,20 @@ class Store(Protocol):
         ...
 
     def list_votes(self, evaluation_id: str | None = None, *, voter: str | None = None) -> list[Doc]: ...
+
+    # --- audit trail (who changed what; kept when an evaluation is deleted) ---
+    def add_audit(self, doc: Doc) -> str:
+        """Append an audit entry (id assigned and ts set to now if missing); returns its id."""
+        ...
+
+    def list_audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        """Matching audit entries, newest first by (ts, id) (ts >= since when given)."""
+        ...

@@ -14,28 +14,13 @@ from urllib.parse import unquote, urlsplit
 
 from storybench_core import paths
 from storybench_core.errors import StoreError
+from storybench_core.redact import redact
 from storybench_core.store.base import Store
 
 ENV_VAR = "STORYBENCH_MONGODB_URI"
 SECRETS_FILE = Path(".streamlit") / "secrets.toml"
 SECRETS_KEY = "mongodb_uri"
 DEFAULT_DB_NAME = "storybench"
-
-
-def mask_uri(uri: str) -> str:
-    """The URI with its password replaced by ***, safe for logs and error messages."""
-    scheme_end = uri.find("://")
-    if scheme_end < 0:
-        return uri
-    head, rest = uri[: scheme_end + 3], uri[scheme_end + 3 :]
-    # Credentials end at the last '@' before the options; searching from the right
-    # also copes with an unescaped '/' or '@' inside the password.
-    options_at = rest.find("?")
-    at = rest.rfind("@", 0, options_at if options_at >= 0 else len(rest))
-    if at < 0 or ":" not in rest[:at]:
-        return uri
-    user = rest[:at].split(":", 1)[0]
-    return f"{head}{user}:***{rest[at:]}"
 
 
 def configured_uri(cwd: Path | None = None) -> str | None:
@@ -89,6 +74,6 @@ def open_store(uri: str | None = None) -> Store:
 
         return MongoStore(uri, _mongo_db_name(uri))
     raise StoreError(
-        f"unknown store URI {mask_uri(uri)}: use mongodb://..., mongodb+srv://... or sqlite:///path "
+        f"unknown store URI {redact(uri)}: use mongodb://..., mongodb+srv://... or sqlite:///path "
         f"(check {ENV_VAR})"
     )

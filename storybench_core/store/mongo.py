@@ -15,24 +15,34 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.errors import (
     AutoReconnect,
     ConnectionFailure,
     DuplicateKeyError,
+    ExecutionTimeout,
     PyMongoError,
     ServerSelectionTimeoutError,
 )
 
 from storybench_core.errors import StoreError
+from storybench_core.redact import redact, redact_doc
 from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Doc
-from storybench_core.store.factory import mask_uri
 from storybench_core.store.sqlite import DATETIME_FIELDS, DOCUMENT_FIELDS, count_words, stored_words, utc
+from storybench_core.store.unreadable import UnreadableRow, UnreadableRows
 
 T = TypeVar("T")
 
 BATCH_SIZE = 500  # larger single batches have stalled nx-27017 for minutes
 RETRY_DELAYS_S = (0.2, 0.5, 1.0)
+# A replica-set election leaves no primary for up to ~10-12 s: server selection waits this long
+# for the new one (and pymongo retries a read or write once), so a failover is a pause, not an
+# error. Opening the store still fails fast when nothing answers (OPEN_TIMEOUT_S).
+SERVER_SELECTION_TIMEOUT_MS = 20_000
+CONNECT_TIMEOUT_MS = 5_000
+SOCKET_TIMEOUT_MS = 60_000  # a read of 100k responses takes seconds; a dead socket must not hang
+OPEN_TIMEOUT_S = 3.0
 
 # collection -> list of (keys, unique)
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
@@ -49,6 +59,9 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
                  ([("evaluation_id", ASCENDING), ("judge", ASCENDING)], False)],
     "votes": [([("voter", ASCENDING), ("pair_key", ASCENDING)], True),
               ([("evaluation_id", ASCENDING)], False)],
+    "audit": [([("ts", DESCENDING)], False),
+              ([("actor", ASCENDING), ("ts", DESCENDING)], False),
+              ([("action", ASCENDING), ("ts", DESCENDING)], False)],
 }  # fmt: skip
 
 RESPONSE_ORDER = [("evaluation_id", 1), ("model_name", 1), ("sequence", 1), ("run", 1), ("prompt_index", 1)]
@@ -64,7 +77,11 @@ def _now() -> datetime:
 
 
 def _clean(doc: Doc) -> Doc:
-    """Top-level NaN becomes None (a failed judgement has no score), as in the SQLite store."""
+    """Top-level NaN becomes None (a failed judgement has no score), as in the SQLite store.
+
+    Every write passes through here: known secrets are masked on the way in.
+    """
+    doc = redact_doc(doc)
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in doc.items()}
 
 
@@ -87,24 +104,45 @@ def _projected_score(doc: Doc, criterion: str) -> Any:
 class MongoStore:
     """Store backed by a MongoDB database (or any server speaking its wire protocol)."""
 
-    def __init__(self, uri: str, db_name: str = "storybench", *, timeout_ms: int = 3000) -> None:
+    def __init__(
+        self, uri: str, db_name: str = "storybench", *, timeout_ms: int = SERVER_SELECTION_TIMEOUT_MS
+    ) -> None:
         self.uri = uri
         self.db_name = db_name
-        options: dict[str, Any] = {"tz_aware": True, "tzinfo": UTC, "appname": "storybench"}
+        self._unreadable = UnreadableRows()
+        options: dict[str, Any] = {
+            "tz_aware": True,
+            "tzinfo": UTC,
+            "appname": "storybench",
+            "retryWrites": True,
+            "retryReads": True,
+            # A string another program stored as invalid UTF-8 reads with U+FFFD instead of failing
+            # the whole listing it is in.
+            "unicode_decode_error_handler": "replace",
+        }
         lowered = uri.lower()
-        # Fail fast when the server is down, unless the URI chose its own timeouts.
-        if "serverselectiontimeoutms" not in lowered:
+        # Timeouts that ride out an election, unless the URI chose its own.
+        own_selection = "serverselectiontimeoutms" in lowered
+        if not own_selection:
             options["serverSelectionTimeoutMS"] = timeout_ms
         if "connecttimeoutms" not in lowered:
-            options["connectTimeoutMS"] = timeout_ms
+            options["connectTimeoutMS"] = min(CONNECT_TIMEOUT_MS, timeout_ms)
+        if "sockettimeoutms" not in lowered:
+            options["socketTimeoutMS"] = SOCKET_TIMEOUT_MS
         try:
             self._client: MongoClient[Doc] = MongoClient(uri, **options)
         except (PyMongoError, ValueError) as exc:
             raise StoreError(
-                f"invalid MongoDB URI {mask_uri(uri)}: {exc}. Check STORYBENCH_MONGODB_URI."
+                f"invalid MongoDB URI {redact(uri)}: {exc}. Check STORYBENCH_MONGODB_URI."
             ) from exc
         self._db = self._client[db_name]
         try:
+            # The first contact fails fast when nothing answers; later operations wait out elections.
+            if own_selection:
+                self.ping()
+            else:
+                with pymongo.timeout(OPEN_TIMEOUT_S):
+                    self.ping()
             self.ensure_indexes()
         except StoreError:
             self._client.close()
@@ -119,26 +157,26 @@ class MongoStore:
                 return fn()
             except DuplicateKeyError:
                 raise  # callers turn it into a message about their own key
-            except ServerSelectionTimeoutError as exc:
+            except (ServerSelectionTimeoutError, ExecutionTimeout) as exc:
                 raise StoreError(
-                    f"cannot reach MongoDB at {mask_uri(self.uri)} ({what}): no server answered "
+                    f"cannot reach MongoDB at {redact(self.uri)} ({what}): no server answered "
                     "within the timeout. Check that it is running and that STORYBENCH_MONGODB_URI "
                     "is right."
                 ) from exc
             except AutoReconnect as exc:  # includes NetworkTimeout
                 if attempt == len(RETRY_DELAYS_S):
                     raise StoreError(
-                        f"lost the connection to MongoDB at {mask_uri(self.uri)} ({what}) after "
+                        f"lost the connection to MongoDB at {redact(self.uri)} ({what}) after "
                         f"{attempt + 1} tries: {exc}. Check the network and STORYBENCH_MONGODB_URI."
                     ) from exc
                 time.sleep(RETRY_DELAYS_S[attempt])
             except ConnectionFailure as exc:
                 raise StoreError(
-                    f"cannot connect to MongoDB at {mask_uri(self.uri)} ({what}): {exc}. "
+                    f"cannot connect to MongoDB at {redact(self.uri)} ({what}): {exc}. "
                     "Check STORYBENCH_MONGODB_URI (host, credentials, TLS)."
                 ) from exc
             except PyMongoError as exc:
-                raise StoreError(f"MongoDB at {mask_uri(self.uri)} failed ({what}): {exc}") from exc
+                raise StoreError(f"MongoDB at {redact(self.uri)} failed ({what}): {exc}") from exc
         raise AssertionError("unreachable")
 
     def _doc(self, collection: str, raw: Doc | None) -> Doc | None:
@@ -156,7 +194,27 @@ class MongoStore:
                 # nx-27017 0.8.1 stores a top-level datetime given to $set as naive UTC text;
                 # MongoDB never does. Repair the documented fields on the way out.
                 doc[name] = utc(datetime.fromisoformat(doc[name]))
+            elif doc[name] is not None and not isinstance(doc[name], datetime):
+                raise TypeError(f"{name} is a {type(doc[name]).__name__}, not a date")
         return doc
+
+    def _docs(self, collection: str, raws: Iterable[Doc], *, one: bool = False) -> list[Doc]:
+        """Our shape for each raw document; one that cannot be decoded is skipped and recorded."""
+        docs = []
+        for raw in raws:
+            try:
+                docs.append(self._doc(collection, raw) or {})
+            except (ValueError, TypeError, KeyError) as exc:
+                bad = self._unreadable.add(collection, raw.get("_id", "?"), exc)
+                if one:
+                    raise StoreError(
+                        f"a stored document in MongoDB {redact(self.uri)} cannot be decoded ({bad}); it "
+                        "was written damaged or by another program — delete that evaluation or repair it"
+                    ) from None
+        return docs
+
+    def unreadable_rows(self) -> list[UnreadableRow]:
+        return self._unreadable.rows()
 
     def _find(
         self,
@@ -165,6 +223,8 @@ class MongoStore:
         sort: list[tuple[str, int]],
         limit: int | None = None,
         projection: Doc | None = None,
+        *,
+        one: bool = False,
     ) -> list[Doc]:
         def run() -> list[Doc]:
             cursor = self._db[collection].find(query, projection).sort(sort)
@@ -172,7 +232,7 @@ class MongoStore:
                 cursor = cursor.limit(limit)
             return list(cursor)
 
-        return [self._doc(collection, r) or {} for r in self._call(f"read {collection}", run)]
+        return self._docs(collection, self._call(f"read {collection}", run), one=one)
 
     def _rows(self, collection: str, query: Doc, projection: Doc, sort: list[tuple[str, int]]) -> list[Doc]:
         """Raw projected documents, fetched in BATCH_SIZE batches."""
@@ -200,7 +260,7 @@ class MongoStore:
     # --- identity -----------------------------------------------------------
 
     def describe(self) -> str:
-        return f"{mask_uri(self.uri)} (database {self.db_name})"
+        return f"{redact(self.uri)} (database {self.db_name})"
 
     def ping(self) -> None:
         self._call("ping", lambda: self._client.admin.command("ping"))
@@ -221,7 +281,7 @@ class MongoStore:
         return doc["id"]
 
     def get_evaluation(self, evaluation_id: str) -> Doc | None:
-        found = self._find("evaluations", {"_id": evaluation_id}, [("_id", 1)])
+        found = self._find("evaluations", {"_id": evaluation_id}, [("_id", 1)], one=True)
         return found[0] if found else None
 
     def list_evaluations(self, statuses: Iterable[str] | None = None, limit: int | None = None) -> list[Doc]:
@@ -326,7 +386,7 @@ class MongoStore:
         raise StoreError(f"could not upsert response {task_key}: it kept changing under concurrent writers")
 
     def get_response(self, response_id: str) -> Doc | None:
-        found = self._find("responses", {"_id": response_id}, [("_id", 1)])
+        found = self._find("responses", {"_id": response_id}, [("_id", 1)], one=True)
         return found[0] if found else None
 
     def list_responses(
@@ -455,6 +515,31 @@ class MongoStore:
         query = self._filters(evaluation_id=evaluation_id, voter=voter)
         return self._find("votes", query, [("created_at", 1), ("_id", 1)])
 
+    # --- audit trail --------------------------------------------------------
+
+    def add_audit(self, doc: Doc) -> str:
+        doc = {**doc, "id": doc.get("id") or _new_id()}
+        doc["ts"] = doc.get("ts") or _now()
+        try:
+            self._call("add audit entry", lambda: self._db.audit.insert_one(_to_mongo(doc)))
+        except DuplicateKeyError as exc:
+            raise StoreError(f"an audit entry with id {doc['id']} already exists") from exc
+        return doc["id"]
+
+    def list_audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        query = self._filters(actor=actor, action=action, target=target)
+        if since is not None:
+            query["ts"] = {"$gte": utc(since)}
+        return self._find("audit", query, [("ts", -1), ("_id", -1)], limit)
+
     # --- events -------------------------------------------------------------
 
     def _next_seq(self, evaluation_id: str) -> int:
@@ -484,7 +569,7 @@ class MongoStore:
             "seq": seq,
             "ts": fields.get("ts") or _now(),
             "level": level,
-            "message": message,
+            "message": redact(message),
         }
         try:
             self._call("append event", lambda: self._db.events.insert_one(doc))

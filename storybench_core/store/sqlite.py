@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from storybench_core.errors import StoreError
+from storybench_core.redact import redact_doc
 from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Doc
+from storybench_core.store.unreadable import UnreadableRow, UnreadableRows
 
 # field -> kind. Kinds: text, int, real, dt (datetime), json (nested value).
 COLUMNS: dict[str, dict[str, str]] = {
@@ -33,7 +35,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "id": "text", "name": "text", "config": "json", "config_hash": "text", "status": "text",
         "created_at": "dt", "started_at": "dt", "finished_at": "dt", "total_tasks": "int",
         "completed_tasks": "int", "failed_tasks": "int", "worker_id": "text", "heartbeat_at": "dt",
-        "error": "text",
+        "error": "text", "archived_at": "dt",
     },
     "responses": {
         "id": "text", "evaluation_id": "text", "task_key": "text", "model_name": "text",
@@ -58,7 +60,15 @@ COLUMNS: dict[str, dict[str, str]] = {
     "votes": {
         "id": "text", "evaluation_id": "text", "voter": "text", "pair_key": "text", "created_at": "dt",
     },
+    "audit": {
+        "id": "text", "ts": "dt", "actor": "text", "actor_name": "text", "role": "text",
+        "source": "text", "action": "text", "target": "text", "details": "json",
+    },
 }  # fmt: skip
+
+# Columns a later migration adds with ALTER TABLE, so the CREATE TABLE of migration 1 leaves them out
+# (a released migration must build the same table forever).
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"evaluations": ("archived_at",)}
 
 # The documented fields of each collection; both backends return every one of them
 # (None when unset), so callers see the same document shape everywhere.
@@ -71,7 +81,8 @@ _SQL_TYPES = {"text": "TEXT", "int": "INTEGER", "real": "REAL", "dt": "TEXT", "j
 
 
 def _create_table(name: str, constraints: str = "") -> str:
-    cols = [f"{col} {_SQL_TYPES[kind]}" for col, kind in COLUMNS[name].items()]
+    later = ADDED_COLUMNS.get(name, ())
+    cols = [f"{col} {_SQL_TYPES[kind]}" for col, kind in COLUMNS[name].items() if col not in later]
     cols.append("extra TEXT")
     if constraints:
         cols.append(constraints)
@@ -121,6 +132,18 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             " prompt_index, id, prompt_name, finish_reason, prompt_tokens, completion_tokens,"
             " generation_time_s, tokens_per_s, words, error)",
             "CREATE INDEX judgements_evaluation_created ON judgements (evaluation_id, created_at, id)",
+        ],
+    ),
+    (
+        4,
+        "audit trail and archived evaluations",
+        [
+            _create_table("audit", "PRIMARY KEY (id)"),
+            "CREATE INDEX audit_ts ON audit (ts, id)",
+            "CREATE INDEX audit_actor_ts ON audit (actor, ts)",
+            "CREATE INDEX audit_action_ts ON audit (action, ts)",
+            # An archived evaluation keeps its data but leaves the leaderboards.
+            "ALTER TABLE evaluations ADD COLUMN archived_at TEXT",
         ],
     ),
 ]
@@ -204,7 +227,8 @@ def _response_words(doc: Doc) -> int:
 
 
 def _to_row(table: str, doc: Doc) -> dict[str, Any]:
-    """Split a document into column values plus the JSON of its unknown fields."""
+    """Split a document into column values plus the JSON of its unknown fields (secrets masked)."""
+    doc = redact_doc(doc)  # the write boundary: no known secret reaches the file
     cols = COLUMNS[table]
     row = {col: _encode(kind, doc.get(col)) for col, kind in cols.items()}
     extra = {
@@ -236,6 +260,13 @@ def _to_doc(table: str, row: sqlite3.Row) -> Doc:
     return doc
 
 
+def _row_id(row: sqlite3.Row) -> str:
+    keys = row.keys()
+    if "id" in keys:
+        return str(row["id"])
+    return f"{row['evaluation_id']}#{row['seq']}" if "seq" in keys else "?"
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -250,6 +281,7 @@ class SQLiteStore:
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 15000) -> None:
         self.path = Path(path).expanduser().resolve()
         self._lock = threading.RLock()
+        self._unreadable = UnreadableRows()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves.
@@ -331,12 +363,40 @@ class SQLiteStore:
         conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", row)
 
     def _select(
-        self, table: str, where: str, params: Iterable[Any], tail: str = "", cols: str = "*"
+        self,
+        table: str,
+        where: str,
+        params: Iterable[Any],
+        tail: str = "",
+        cols: str = "*",
+        *,
+        one: bool = False,
     ) -> list[Doc]:
+        """Matching rows as documents; a row that cannot be decoded is skipped and recorded.
+
+        With one=True (a read by id) that row is an error that names it instead.
+        """
         sql = f"SELECT {cols} FROM {table}" + (f" WHERE {where}" if where else "") + tail
         with self._tx(write=False) as conn:
             rows = conn.execute(sql, tuple(params)).fetchall()
-        return [_to_doc(table, r) for r in rows]
+        docs = []
+        for row in rows:
+            try:
+                docs.append(_to_doc(table, row))
+            except (ValueError, TypeError, KeyError) as exc:
+                bad = self._unreadable.add(table, _row_id(row), exc)
+                if one:
+                    raise self._unreadable_error(str(bad)) from None
+        return docs
+
+    def _unreadable_error(self, what: str) -> StoreError:
+        return StoreError(
+            f"a stored row in {self.path} cannot be decoded ({what}); it was written damaged or by "
+            "another program — delete that evaluation, or restore the file from a backup"
+        )
+
+    def unreadable_rows(self) -> list[UnreadableRow]:
+        return self._unreadable.rows()
 
     @staticmethod
     def _tuples(conn: sqlite3.Connection, sql: str, params: Iterable[Any]) -> list[tuple[Any, ...]]:
@@ -377,7 +437,7 @@ class SQLiteStore:
         return doc["id"]
 
     def get_evaluation(self, evaluation_id: str) -> Doc | None:
-        found = self._select("evaluations", "id = ?", [evaluation_id])
+        found = self._select("evaluations", "id = ?", [evaluation_id], one=True)
         return found[0] if found else None
 
     def list_evaluations(self, statuses: Iterable[str] | None = None, limit: int | None = None) -> list[Doc]:
@@ -398,7 +458,12 @@ class SQLiteStore:
                 if from_statuses is not None:
                     return False
                 raise StoreError(f"evaluation {evaluation_id} not found in {self.path} (was it deleted?)")
-            doc = _to_doc("evaluations", row)
+            try:
+                doc = _to_doc("evaluations", row)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise self._unreadable_error(
+                    str(self._unreadable.add("evaluations", evaluation_id, exc))
+                ) from None
             if from_statuses is not None and doc["status"] not in from_statuses:
                 return False
             doc.update(fields)
@@ -427,7 +492,16 @@ class SQLiteStore:
                 (worker_id, stamp, stamp, row["id"]),
             )
             claimed = conn.execute("SELECT * FROM evaluations WHERE id = ?", (row["id"],)).fetchone()
-        return _to_doc("evaluations", claimed)
+            try:
+                return _to_doc("evaluations", claimed)
+            except (ValueError, TypeError, KeyError) as exc:
+                # A damaged queued row must not wedge the queue: fail it, the next poll claims the next.
+                bad = self._unreadable.add("evaluations", row["id"], exc)
+                conn.execute(
+                    "UPDATE evaluations SET status = 'failed', worker_id = NULL, error = ? WHERE id = ?",
+                    (f"the stored evaluation cannot be decoded ({bad.reason})", row["id"]),
+                )
+                return None
 
     def delete_evaluation(self, evaluation_id: str) -> None:
         with self._tx() as conn:
@@ -461,7 +535,7 @@ class SQLiteStore:
         return doc["id"]
 
     def get_response(self, response_id: str) -> Doc | None:
-        found = self._select("responses", "id = ?", [response_id])
+        found = self._select("responses", "id = ?", [response_id], one=True)
         return found[0] if found else None
 
     def list_responses(
@@ -499,7 +573,8 @@ class SQLiteStore:
         where = f" WHERE {where}" if where else ""
         order = " ORDER BY evaluation_id, model_name, sequence, run, prompt_index"
         fix = (
-            "SELECT id, CASE WHEN json_type(extra, '$.words') IN ('integer', 'real')"
+            "SELECT id, CASE WHEN NOT json_valid(extra) THEN storybench_words(response)"
+            " WHEN json_type(extra, '$.words') IN ('integer', 'real')"
             " THEN CAST(json_extract(extra, '$.words') AS INTEGER) ELSE storybench_words(response) END"
             f" FROM responses{where}{' AND' if where else ' WHERE'} words IS NULL"
         )
@@ -567,13 +642,26 @@ class SQLiteStore:
         cols = [f"json_extract(extra, '$.{c}')" if c in in_extra else c for c in JUDGEMENT_SCORE_FIELDS]
         scores = [_score_sql(c) for c in criteria]
         where, params = self._where({"evaluation_id": evaluation_id})
-        sql = (
-            f"SELECT {', '.join(cols + [sql for sql, _ in scores])} FROM judgements"
-            + (f" WHERE {where}" if where else "")
-            + " ORDER BY created_at, id"
-        )
+        select = f"SELECT {', '.join(cols + [sql for sql, _ in scores])} FROM judgements"
+        order = " ORDER BY created_at, id"
         with self._tx(write=False) as conn:
-            return self._tuples(conn, sql, [p for _, p in scores] + params)
+            try:
+                return self._tuples(
+                    conn,
+                    select + (f" WHERE {where}" if where else "") + order,
+                    [p for _, p in scores] + params,
+                )
+            except sqlite3.OperationalError as exc:
+                if "malformed JSON" not in str(exc):
+                    raise
+            # Some row holds damaged JSON: record those rows and leave them out (the fast path
+            # above does not pay for json_valid on every row).
+            valid = "json_valid(COALESCE(scores, 'null')) AND json_valid(COALESCE(extra, 'null'))"
+            bad_where = " AND ".join(w for w in (where, f"NOT ({valid})") if w)
+            for (bad_id,) in self._tuples(conn, f"SELECT id FROM judgements WHERE {bad_where}", params):
+                self._unreadable.add("judgements", bad_id, ValueError("scores or extra is not valid JSON"))
+            good_where = " AND ".join(w for w in (where, valid) if w)
+            return self._tuples(conn, f"{select} WHERE {good_where}{order}", [p for _, p in scores] + params)
 
     def add_verdict(self, doc: Doc) -> str:
         return self._add_unique("verdicts", doc, ("verdict_key",), "verdict")
@@ -588,6 +676,34 @@ class SQLiteStore:
     def list_votes(self, evaluation_id: str | None = None, *, voter: str | None = None) -> list[Doc]:
         where, params = self._where({"evaluation_id": evaluation_id, "voter": voter})
         return self._select("votes", where, params, " ORDER BY created_at, id")
+
+    # --- audit trail --------------------------------------------------------
+
+    def add_audit(self, doc: Doc) -> str:
+        doc = {**doc, "id": doc.get("id") or _new_id()}
+        doc["ts"] = doc.get("ts") or _now()
+        with self._tx() as conn:
+            try:
+                self._insert(conn, "audit", doc)
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"an audit entry with id {doc['id']} already exists in {self.path}") from exc
+        return doc["id"]
+
+    def list_audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        where, params = self._where({"actor": actor, "action": action, "target": target})
+        if since is not None:
+            where = " AND ".join(w for w in (where, "ts >= ?") if w)
+            params.append(_dt_text(since))
+        tail = " ORDER BY ts DESC, id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return self._select("audit", where, params, tail)
 
     # --- events -------------------------------------------------------------
 

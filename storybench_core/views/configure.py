@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,10 +18,23 @@ from typing import Any
 
 import pandas as pd
 
-from .. import catalog, paths
-from ..config import ModelSpec, RunConfig, config_hash, config_to_dict, load_config, parse_config, save_config
-from ..errors import ConfigError
-from ..logs import mask_key
+from .. import audit, catalog, paths
+from ..access import Principal, require
+from ..backends.endpoints import endpoint_access, key_status
+from ..bundled import BUILTIN_MODELS, builtin_model
+from ..config import (
+    ModelSpec,
+    RunConfig,
+    config_hash,
+    config_to_dict,
+    load_config,
+    parse_config,
+    parse_config_bytes,
+    save_config,
+)
+from ..credentials import api_key_value, bound_key_names
+from ..errors import AuthError, ConfigError
+from ..store.base import Store
 
 GENERATION_FIELDS = (
     "temperature",
@@ -37,7 +49,9 @@ GENERATION_FIELDS = (
 JUDGE_FIELDS = ("attempts", "max_retries", "temperature", "max_tokens")
 
 JUDGE_NONE = "(no judge model)"
-JUDGE_BUNDLED = "bundled model (Gemma 3 270M)"
+# One judge choice per built-in model, the default (Gemma 3 270M) first: choice → builtin id.
+JUDGE_BUILTINS = {f"bundled model ({m.label})": m.id for m in BUILTIN_MODELS.values()}
+JUDGE_BUNDLED = next(iter(JUDGE_BUILTINS))
 JUDGE_API = "API model (preset and model name below)"
 _LISTED = "listed: "
 _LOADED = "as loaded: "
@@ -74,8 +88,8 @@ def compact_model(spec: ModelSpec) -> dict[str, Any]:
 
 
 def judge_choices(models: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None) -> list[str]:
-    """Options of the judge-model picker: none, bundled, API, each listed model, the loaded one."""
-    choices = [JUDGE_NONE, JUDGE_BUNDLED, JUDGE_API]
+    """Options of the judge-model picker: none, each built-in, API, each listed model, the loaded one."""
+    choices = [JUDGE_NONE, *JUDGE_BUILTINS, JUDGE_API]
     choices += [_LISTED + ModelSpec(**m).display_name for m in models]
     loaded = ((base or {}).get("judge") or {}).get("model")
     if loaded and _judge_choice_for(loaded, models) is None:
@@ -89,7 +103,7 @@ def _judge_choice_for(spec: Mapping[str, Any], models: Sequence[Mapping[str, Any
         if ModelSpec(**m) == judge:
             return _LISTED + judge.display_name
     if judge.kind == "bundled" and not judge.name:
-        return JUDGE_BUNDLED
+        return next(c for c, builtin in JUDGE_BUILTINS.items() if builtin == builtin_model(judge.builtin).id)
     if judge.kind == "api" and judge.preset and not judge.name:
         return JUDGE_API
     return None
@@ -130,8 +144,8 @@ def _judge_model(
     choice = values.get("judge_model") or JUDGE_NONE
     if choice == JUDGE_NONE:
         return None
-    if choice == JUDGE_BUNDLED:
-        return {"kind": "bundled"}
+    if choice in JUDGE_BUILTINS:
+        return compact_model(ModelSpec(kind="bundled", builtin=JUDGE_BUILTINS[choice]))
     if choice == JUDGE_API:
         from ..backends.presets import get_preset
 
@@ -267,6 +281,10 @@ def model_from_form(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         if not preset:
             raise ConfigError("choose an API preset")
         spec = spec_from_preset(preset, clean.pop("api_model", ""), clean.pop("name", None), **clean)
+        try:
+            endpoint_access(spec)  # the worker checks again; this says it at once
+        except AuthError as exc:
+            raise ConfigError(str(exc)) from None
         return compact_model(spec)
     if kind == "path":
         path = str(clean.get("path", ""))
@@ -289,16 +307,20 @@ def add_model(models: Sequence[Mapping[str, Any]], model: Mapping[str, Any]) -> 
 
 
 def api_key_status(env_name: str | None) -> str:
-    """'OPENAI_API_KEY: set (sk-…xy)', '...: not set', or 'no key needed' (never the key itself)."""
+    """'OPENAI_API_KEY: set' / ': not set' for a name bound to an endpoint, or 'no key needed'.
+
+    Never any part of the key, and nothing about a name no preset or allowlist binds.
+    """
     if not env_name:
         return "no key needed"
-    value = os.environ.get(env_name)
-    return f"{env_name}: set ({mask_key(value)})" if value else f"{env_name}: not set"
+    if env_name not in bound_key_names():
+        return f"{env_name}: not bound to any endpoint"
+    return f"{env_name}: {'set' if api_key_value(env_name) else 'not set'}"
 
 
 def model_source(spec: ModelSpec) -> str:
     if spec.kind == "bundled":
-        return "packaged with Storybench"
+        return f"packaged with Storybench: {builtin_model(spec.builtin).label}"
     if spec.kind == "hf":
         folder = f"{spec.subdirectory.strip('/')}/" if spec.subdirectory else ""
         return f"{spec.repo_id} · {folder}{spec.filename}"
@@ -308,6 +330,11 @@ def model_source(spec: ModelSpec) -> str:
     if spec.kind == "api":
         return f"{spec.api_model} @ {spec.base_url}"
     return "scripted test double"
+
+
+def builtin_choices() -> dict[str, str]:
+    """The 'Add model → Bundled' picker: builtin id → what it is, the default first."""
+    return {m.id: m.summary for m in BUILTIN_MODELS.values()}
 
 
 def models_frame(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -320,7 +347,7 @@ def models_frame(models: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "name": spec.display_name,
                 "kind": spec.kind,
                 "source": model_source(spec),
-                "api key": api_key_status(spec.api_key_env) if spec.kind == "api" else "",
+                "api key": key_status(spec) if spec.kind == "api" else "",
             }
         )
     return pd.DataFrame(rows, columns=["name", "kind", "source", "api key"])
@@ -357,9 +384,15 @@ def saved_config_names() -> list[str]:
     return sorted(p.stem for p in paths.configs_dir().glob("*.json"))
 
 
-def save_named_config(config: RunConfig, name: str | None = None) -> Path:
-    """Save under configs/<slug of name or config.name>.json; returns the path."""
-    return save_config(config, paths.configs_dir() / f"{config_slug(name or config.name)}.json")
+def save_named_config(config: RunConfig, principal: Principal, store: Store, name: str | None = None) -> Path:
+    """Save under configs/<slug of name or config.name>.json (operators; audited); returns the path."""
+    require(principal, "save_config")
+    target = paths.configs_dir() / f"{config_slug(name or config.name)}.json"
+    replaced = target.is_file()
+    path = save_config(config, target)
+    details = {"path": str(path), "config_hash": config_hash(config), "replaced": replaced}
+    audit.record(store, principal, "save_config", path.stem, details)
+    return path
 
 
 def load_named_config(name: str) -> RunConfig:
@@ -367,25 +400,8 @@ def load_named_config(name: str) -> RunConfig:
 
 
 def parse_uploaded_config(data: bytes, filename: str = "upload.json") -> RunConfig:
-    """Validate an uploaded JSON (or YAML) config file."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{filename}: not a UTF-8 text file; upload a .json config") from None
-    try:
-        if filename.lower().endswith((".yaml", ".yml")):
-            import yaml
-
-            parsed = yaml.safe_load(text)
-        else:
-            parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{filename}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
-    except Exception as exc:  # yaml.YAMLError
-        raise ConfigError(f"{filename}: not valid YAML: {exc}") from None
-    return parse_config(parsed, source=filename)
+    """Validate an uploaded JSON (or YAML) config file, with the same limits as a file on disk."""
+    return parse_config_bytes(data, Path(filename).name or "upload.json")
 
 
 def config_json(config: RunConfig) -> str:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .. import audit
+from ..access import Principal, require
 from ..config import ModelSpec
 from ..errors import StorybenchError
 from ..runner import ModelPool
@@ -91,18 +93,21 @@ class JudgeJobs:
         self._states: dict[str, JudgeJobState] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._stops: dict[str, threading.Event] = {}
+        self._stores: dict[str, Store] = {}
 
     def start(
         self,
         store: Store,
         evaluation_id: str,
+        principal: Principal,
         judge_spec: ModelSpec | Sequence[ModelSpec] | None = None,
         label: str = "",
     ) -> JudgeJobState:
-        """Start judging an evaluation unless a job for it is already active; returns its state.
+        """Start judging an evaluation for principal (operators; audited) unless a job for it is active.
 
         judge_spec None uses the evaluation's configured judge(s).
         """
+        require(principal, "judge")
         with self._lock:
             current = self._states.get(evaluation_id)
             if current is not None and current.active:
@@ -112,6 +117,7 @@ class JudgeJobs:
             )
             self._states[evaluation_id] = state
             self._stops[evaluation_id] = threading.Event()
+            self._stores[evaluation_id] = store
             thread = threading.Thread(
                 target=self._run,
                 args=(store, evaluation_id, judge_spec),
@@ -119,6 +125,7 @@ class JudgeJobs:
                 daemon=True,
             )
             self._threads[evaluation_id] = thread
+        audit.record(store, principal, "judge", evaluation_id, {"judge": state.judge_label})
         thread.start()
         return state
 
@@ -126,12 +133,16 @@ class JudgeJobs:
         with self._lock:
             return self._states.get(evaluation_id)
 
-    def stop(self, evaluation_id: str) -> None:
-        """Ask a job to stop after the judgement in progress."""
+    def stop(self, evaluation_id: str, principal: Principal) -> None:
+        """Ask a job to stop after the judgement in progress (operators; audited)."""
+        require(principal, "stop")
         with self._lock:
             flag = self._stops.get(evaluation_id)
-        if flag is not None:
+            store = self._stores.get(evaluation_id)
+            active = bool((state := self._states.get(evaluation_id)) and state.active)
+        if flag is not None and active and store is not None:
             flag.set()
+            audit.record(store, principal, "stop", evaluation_id, {"job": "judge"})
 
     @property
     def busy(self) -> bool:

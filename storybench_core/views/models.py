@@ -7,6 +7,7 @@ dashboard owns one DownloadTracker (per server process) whose threads call
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..access import Principal
 from ..errors import ConfigError, StorybenchError
-from ..hub import CachedModel, ModelRef
+from ..hub import CachedModel, ModelRef, start_download
+from ..store.base import Store
 from .hardware import format_bytes
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 CACHE_COLUMNS = ["name", "source", "size", "architecture", "quantization", "parameters", "context", "path"]
+BUILTIN_COLUMNS = ["name", "status", "about", "config"]
 
 
 def format_count(n: int | None) -> str:
@@ -58,6 +62,22 @@ def cached_models_frame(models: Iterable[CachedModel]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=CACHE_COLUMNS)
+
+
+def builtin_models_frame() -> pd.DataFrame:
+    """One row per built-in model: prepared or not, what it is, and how a config names it."""
+    from ..bundled import BUILTIN_MODELS, is_bundled_model_ready
+
+    rows = [
+        {
+            "name": model.display_name,
+            "status": "ready" if is_bundled_model_ready(model.id) else "not prepared yet",
+            "about": model.summary,
+            "config": json.dumps(model.config_entry),
+        }
+        for model in BUILTIN_MODELS.values()
+    ]
+    return pd.DataFrame(rows, columns=BUILTIN_COLUMNS)
 
 
 def model_ref_from_form(repo_id: str, filename: str, subdirectory: str = "", revision: str = "") -> ModelRef:
@@ -120,9 +140,14 @@ class DownloadTracker:
         self._states: dict[str, DownloadState] = {}
         self._threads: dict[str, threading.Thread] = {}
 
-    def start(self, ref: ModelRef) -> DownloadState:
-        """Start downloading ref unless it is already downloading; returns its state."""
+    def start(self, ref: ModelRef, principal: Principal, store: Store) -> DownloadState:
+        """Start downloading ref for principal (checked, audited) unless it is already downloading."""
         label = str(ref)
+        with self._lock:
+            current = self._states.get(label)
+            if current is not None and current.status == "downloading":
+                return current
+        start_download(store, principal, ref)
         with self._lock:
             current = self._states.get(label)
             if current is not None and current.status == "downloading":

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..results.export import csv_bytes as formula_safe_csv
 from ..store.base import Doc
 
 PREVIEW_CHARS = 120
@@ -119,6 +120,12 @@ class FilterOptions:
     sequences: list[str]
     prompts: list[int]
     runs: list[int]
+
+
+def without_evaluations(frame: pd.DataFrame, evaluation_ids: Iterable[str]) -> pd.DataFrame:
+    """The frame less the rows of the given evaluations (archived ones leave Results)."""
+    hidden = set(evaluation_ids)
+    return frame[~frame["evaluation_id"].isin(hidden)].reset_index(drop=True) if hidden else frame
 
 
 def filter_options(frame: pd.DataFrame, evaluation_id: str | None = None) -> FilterOptions:
@@ -286,4 +293,4 @@ def response_detail(doc: Doc) -> ResponseDetail:
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     """The filtered responses, full text included, as CSV."""
-    return frame.drop(columns=["preview"]).to_csv(index=False).encode("utf-8")
+    return formula_safe_csv(frame.drop(columns=["preview"]))

@@ -262,7 +262,7 @@ def evaluations_frame(docs: Iterable[Doc], now: datetime | None = None) -> pd.Da
         rows.append(
             {
                 "name": view.name,
-                "status": view.status,
+                "status": view.status + (" (archived)" if doc.get("archived_at") is not None else ""),
                 "tasks": f"{view.done + view.failed}/{view.total}",
                 "failed": view.failed,
                 "created": created.astimezone().strftime("%Y-%m-%d %H:%M") if created else "",

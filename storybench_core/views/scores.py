@@ -315,15 +315,18 @@ def position_bias_figure(bias: pd.DataFrame) -> go.Figure:
 
 
 def judge_options(config: RunConfig) -> dict[str, ModelSpec | None]:
-    """Choices for 'Judge now': the configured judge(s) (None), the bundled model, each candidate model."""
+    """Choices for 'Judge now': the configured judge(s) (None), each built-in model, each candidate model."""
+    from ..bundled import BUILTIN_MODELS
+
     options: dict[str, ModelSpec | None] = {}
     configured = config.judge.judges()
     if configured:
         names = ", ".join(s.display_name for s in configured)
         options[f"Configured judge{'s' if len(configured) > 1 else ''}: {names}"] = None
-    bundled = ModelSpec(kind="bundled")
-    if not any(s == bundled for s in configured):
-        options[f"Bundled model: {bundled.display_name}"] = bundled
+    for builtin in BUILTIN_MODELS:
+        bundled = ModelSpec(kind="bundled", builtin=builtin)
+        if not any(s == bundled for s in configured):
+            options[f"Bundled model: {bundled.display_name}"] = bundled
     for spec in config.models:
         if not any(s == spec for s in configured):
             options[f"Same as candidate: {spec.display_name}"] = spec
@@ -504,7 +507,7 @@ def scores_csv(store: Store, evaluation_id: str) -> bytes:
     frame = results.responses_frame(
         store, evaluation_id, include_text=True, justifications=True, include_failed_responses=True
     )
-    return frame.to_csv(index=False).encode("utf-8")
+    return results.csv_bytes(frame)
 
 
 def evaluation_json_bytes(store: Store, evaluation_id: str) -> bytes:

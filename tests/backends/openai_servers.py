@@ -2,19 +2,30 @@
 
 Each request to /v1/chat/completions takes the next scripted Reply (or the
 default streamed story); GET /v1/models lists `models`. The server records
-every request (path, headers, JSON body) and the most requests it ever had
-in flight at once.
+every request (path, headers, JSON body), the most requests it ever had
+in flight at once and how many streams it wrote to the end: counters a test
+asserts on instead of timing the client.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+ENDPOINTS_ENV = "STORYBENCH_API_ENDPOINTS"
+
+
+def allow_endpoint(monkeypatch: Any, base_url: str, key_env: str = "") -> None:
+    """Allowlist one loopback endpoint for this test, as an operator would (key_env: the key bound to it)."""
+    current = json.loads(os.environ.get(ENDPOINTS_ENV) or "{}")
+    current[base_url] = key_env
+    monkeypatch.setenv(ENDPOINTS_ENV, json.dumps(current))
 
 
 @dataclass
@@ -29,6 +40,7 @@ class Reply:
     finish: str | None = "stop"
     delay_s: float = 0.0  # before each streamed piece (and before an error/json answer)
     body: Any = None
+    until_in_flight: int = 0  # a stream starts once this many requests have been open at the same time
 
     @classmethod
     def stream(
@@ -38,8 +50,16 @@ class Reply:
         usage: bool = True,
         finish: str | None = "stop",
         delay_s: float = 0.0,
+        until_in_flight: int = 0,
     ) -> Reply:
-        return cls("stream", pieces=tuple(pieces), usage=usage, finish=finish, delay_s=delay_s)
+        return cls(
+            "stream",
+            pieces=tuple(pieces),
+            usage=usage,
+            finish=finish,
+            delay_s=delay_s,
+            until_in_flight=until_in_flight,
+        )
 
     @classmethod
     def error(
@@ -74,8 +94,10 @@ class ScriptedOpenAIServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.disconnects = 0
+        self.streams_finished = 0  # streams written to their last event ([DONE])
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when in_flight changes
         self._closing = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -97,6 +119,11 @@ class ScriptedOpenAIServer:
 
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def wait_idle(self, timeout_s: float = 30.0) -> bool:
+        """Wait until no request is being answered (timeout_s only guards against a hang)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.in_flight == 0, timeout_s)
 
     def start(self) -> ScriptedOpenAIServer:
         self._thread.start()
@@ -144,17 +171,19 @@ class ScriptedOpenAIServer:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 self._record(body)
-                with server._lock:
+                with server._changed:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server._changed.notify_all()
                 try:
                     self._answer(server._next_reply(), body or {})
                 except (BrokenPipeError, ConnectionResetError):
                     with server._lock:
                         server.disconnects += 1
                 finally:
-                    with server._lock:
+                    with server._changed:
                         server.in_flight -= 1
+                        server._changed.notify_all()
 
             def _answer(self, reply: Reply, body: dict[str, Any]) -> None:
                 if reply.kind == "hang":
@@ -168,6 +197,11 @@ class ScriptedOpenAIServer:
                 self._stream(reply, body)
 
             def _stream(self, reply: Reply, body: dict[str, Any]) -> None:
+                if reply.until_in_flight:
+                    # max_in_flight, not in_flight: a woken waiter must not miss it because another
+                    # stream already finished. 10 s only guards against a client that never sends the rest.
+                    with server._changed:
+                        server._changed.wait_for(lambda: server.max_in_flight >= reply.until_in_flight, 10.0)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
@@ -188,6 +222,8 @@ class ScriptedOpenAIServer:
                     self._event(base | {"choices": [], "usage": usage})
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
+                with server._lock:
+                    server.streams_finished += 1
 
             def _event(self, data: dict[str, Any]) -> None:
                 self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")

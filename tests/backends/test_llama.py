@@ -6,12 +6,12 @@ import hashlib
 import itertools
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fixtures_gguf import write_tiny_gguf
+from pydantic import ValidationError
 
 from storybench_core.backends.base import GenerationSettings, Message, ModelBackend
 from storybench_core.backends.llama import (
@@ -165,10 +165,10 @@ def test_unknown_chat_format_fails_before_loading(tmp_path: Path) -> None:
 
 
 def test_flash_attn_option_must_be_a_boolean(tmp_path: Path) -> None:
+    # The typed options schema (backends/options.py) refuses it when the config is read.
     path = write_tiny_gguf(tmp_path / "m.gguf")
-    spec = ModelSpec(kind="path", path=str(path), options={"flash_attn": "yes"})
-    with pytest.raises(ConfigError, match=r"options\.flash_attn = 'yes' must be true or false"):
-        create_llama_backend(spec, _generation())
+    with pytest.raises(ValidationError, match=r"options\.flash_attn = 'yes' is invalid"):
+        ModelSpec(kind="path", path=str(path), options={"flash_attn": "yes"})
 
 
 # --- slow: the real bundled model -------------------------------------------------------
@@ -270,7 +270,7 @@ def test_temperature_zero_is_deterministic(backend: LlamaBackend) -> None:
 
 
 @pytest.mark.slow
-def test_stop_requested_aborts_quickly_and_the_backend_stays_usable(backend: LlamaBackend) -> None:
+def test_stop_requested_aborts_within_tokens_and_the_backend_stays_usable(backend: LlamaBackend) -> None:
     messages = [SYSTEM, {"role": "user", "content": BRIEFS[0]}]
     seen: list[str] = []
 
@@ -279,13 +279,11 @@ def test_stop_requested_aborts_quickly_and_the_backend_stays_usable(backend: Lla
         if len(seen) == 3:
             raise StopRequested()
 
-    start = time.perf_counter()
     with pytest.raises(StopRequested):
         backend.chat(messages, _settings(max_tokens=48), on_token)
     assert len(seen) == 3
     # Generation halted within a token or two of the third piece, not at max_tokens.
     assert backend.kv_cache_tokens <= backend.count_tokens(messages) + 6
-    assert time.perf_counter() - start < 30
     after = backend.chat(messages, _settings(max_tokens=8))
     assert after.completion_tokens > 0
 

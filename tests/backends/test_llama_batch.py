@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from storybench_core.access import LOCAL_ADMIN
 from storybench_core.backends.base import Completion, GenerationSettings, Message
 from storybench_core.backends.llama import LlamaBackend, create_llama_backend
 from storybench_core.backends.llama_batch import PROMPT_CHUNK_TOKENS, decoder_for
@@ -217,7 +218,7 @@ def test_runner_batched_evaluation_equals_the_sequential_one(bundled_model: Path
                 },
             }
         )
-        eid = enqueue(store, config)
+        eid = enqueue(store, config, LOCAL_ADMIN)
         summary = Runner(store, ModelPool()).execute(get_evaluation(store, eid), config)
         assert summary.completed == 9 and summary.failed == 0
         docs = store.list_responses(eid)

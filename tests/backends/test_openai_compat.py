@@ -16,6 +16,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from storybench_core.backends.base import GenerationSettings, ModelBackend
@@ -40,7 +41,7 @@ from storybench_core.errors import (
     StopRequested,
 )
 
-from .openai_servers import Reply, ScriptedOpenAIServer
+from .openai_servers import Reply, ScriptedOpenAIServer, allow_endpoint
 
 KEY_ENV = "STORYBENCH_TEST_API_KEY"
 SECRET = "sk-test-Zq8vX1secretvalue42"
@@ -60,8 +61,9 @@ def _no_user_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def server() -> Iterator[ScriptedOpenAIServer]:
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedOpenAIServer]:
     with ScriptedOpenAIServer() as srv:
+        allow_endpoint(monkeypatch, f"http://127.0.0.1:{srv.port}")  # loopback: only as the operator allows
         yield srv
 
 
@@ -133,12 +135,14 @@ def test_stop_requested_mid_stream_closes_it(server: ScriptedOpenAIServer) -> No
         if len(seen) == 3:
             raise StopRequested()
 
-    start = time.perf_counter()
     with pytest.raises(StopRequested):
         backend_for(api_spec(server)).chat(MESSAGES, GenerationSettings(), on_token)
-    assert time.perf_counter() - start < 1.0  # the full stream takes 1.8 s
+    assert server.streams_finished == 0  # chat returned without reading the stream to its end
     assert seen == [" w0", " w1", " w2"]
     assert len(server.chat_requests()) == 1  # a stop is not retried
+    # The connection was closed: the server's next writes failed, and it never wrote the last event.
+    assert server.wait_idle()
+    assert server.streams_finished == 0 and server.disconnects == 1
 
 
 # --- structured output -------------------------------------------------------------
@@ -172,10 +176,13 @@ def test_rejected_json_schema_falls_back_to_json_object(server: ScriptedOpenAISe
 
 def test_429_waits_for_retry_after(server: ScriptedOpenAIServer, caplog: pytest.LogCaptureFixture) -> None:
     server.enqueue(Reply.error(429, "slow down", {"Retry-After": "1"}))
-    start = time.perf_counter()
+    waits: list[float] = []
+    backend = OpenAIBackend(
+        api_spec(server), GenerationSettingsConfig(), retry=FAST_RETRY, sleep=waits.append
+    )
     with caplog.at_level(logging.WARNING, logger="storybench_core"):
-        done = backend_for(api_spec(server)).chat(MESSAGES, GenerationSettings())
-    assert time.perf_counter() - start >= 1.0
+        done = backend.chat(MESSAGES, GenerationSettings())
+    assert waits == [1.0]  # the server's Retry-After, not the policy's 0.01 s backoff
     assert done.text == "Once upon a time."
     assert done.extra["attempts"] == 2 and done.extra["retry_wait_s"] == 1.0
     assert len(server.chat_requests()) == 2
@@ -237,6 +244,7 @@ def test_401_names_the_variable_never_the_key(
     server: ScriptedOpenAIServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv(KEY_ENV, SECRET)
+    allow_endpoint(monkeypatch, server.base_url, KEY_ENV)
     # A careless server that echoes the key back.
     server.enqueue(Reply.error(401, f"Incorrect API key provided: {SECRET}"))
     caplog.set_level(logging.DEBUG)
@@ -260,18 +268,20 @@ def test_404_model_explains_how_to_list_models(server: ScriptedOpenAIServer) -> 
 
 
 def test_timeout_is_api_timeout_error(server: ScriptedOpenAIServer) -> None:
-    server.enqueue(Reply.hang(5.0))
-    start = time.perf_counter()
+    # The server stays silent until the test ends: only the client's own timeout can end the call
+    # with ApiTimeoutError (60 s is a hang-guard; then the server hangs up, a different error).
+    server.enqueue(Reply.hang(60.0))
     with pytest.raises(ApiTimeoutError, match=r"within 0\.3 s"):
         backend_for(api_spec(server, timeout_s=0.3)).chat(MESSAGES, GenerationSettings())
-    assert time.perf_counter() - start < 3.0
+    assert len(server.chat_requests()) == 1  # a timeout is not retried
 
 
-def test_connection_refused_names_the_url() -> None:
+def test_connection_refused_names_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
+    allow_endpoint(monkeypatch, url)
     spec = ModelSpec(kind="api", name="nobody", base_url=url, api_model="m")
     with pytest.raises(ApiError, match="cannot connect to") as info:
         backend = backend_for(spec, RetryPolicy(max_retries=1, backoff_base_s=0.01))
@@ -288,21 +298,26 @@ def test_missing_key_for_a_keyed_preset_says_which_variable() -> None:
         OpenAIBackend(spec)
 
 
-def test_key_from_streamlit_secrets(tmp_path: Path) -> None:
+def test_key_from_streamlit_secrets_api_keys_only(tmp_path: Path) -> None:
     (tmp_path / ".streamlit").mkdir()
-    (tmp_path / ".streamlit" / "secrets.toml").write_text(f'[api_keys]\n{KEY_ENV} = "{SECRET}"\n')
+    secrets = tmp_path / ".streamlit" / "secrets.toml"
+    table = '[storybench.endpoints]\n"http://127.0.0.1:9/v1" = "' + KEY_ENV + '"\n'
+    secrets.write_text(f'[api_keys]\n{KEY_ENV} = "{SECRET}"\n\n{table}')
     spec = ModelSpec(kind="api", base_url="http://127.0.0.1:9/v1", api_model="m", api_key_env=KEY_ENV)
     assert resolve_api_key(spec) == SECRET
-    (tmp_path / ".streamlit" / "secrets.toml").write_text(f'{KEY_ENV} = "top-level-key"\n')
-    assert resolve_api_key(spec) == "top-level-key"
+    # A top-level value (like mongodb_uri) is never a key.
+    secrets.write_text(f'{KEY_ENV} = "top-level-key"\n\n{table}')
+    with pytest.raises(AuthError, match=f"set the environment variable {KEY_ENV}"):
+        resolve_api_key(spec)
 
 
 def test_environment_wins_over_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / ".streamlit").mkdir()
-    (tmp_path / ".streamlit" / "secrets.toml").write_text(f'{KEY_ENV} = "from-file"\n')
+    (tmp_path / ".streamlit" / "secrets.toml").write_text(f'[api_keys]\n{KEY_ENV} = "from-file"\n')
     monkeypatch.setenv(KEY_ENV, "from-env")
-    spec = ModelSpec(kind="api", base_url="http://127.0.0.1:9/v1", api_model="m", api_key_env=KEY_ENV)
-    assert resolve_api_key(spec) == "from-env"
+    allow_endpoint(monkeypatch, "http://127.0.0.1:9/v1", KEY_ENV)
+    spec = ModelSpec(kind="api", base_url="http://127.0.0.1:9/v1", api_model="m")
+    assert resolve_api_key(spec) == "from-env"  # bound by the allowlist, so api_key_env may be left out
 
 
 def test_local_preset_sends_a_placeholder_key(server: ScriptedOpenAIServer) -> None:
@@ -406,7 +421,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_llama_cpp_server_two_turn_chat(bundled_model: Path, tmp_path: Path) -> None:
+def test_llama_cpp_server_two_turn_chat(
+    bundled_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 2-turn chat through OpenAIBackend with `python -m llama_cpp.server` serving the bundled model.
 
     The bundled Gemma 3 270M base has no chat template. The server's own
@@ -425,6 +442,7 @@ def test_llama_cpp_server_two_turn_chat(bundled_model: Path, tmp_path: Path) -> 
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         base_url = f"http://127.0.0.1:{port}/v1"
+        allow_endpoint(monkeypatch, base_url)  # a loopback server: the operator lists it
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -466,3 +484,112 @@ def test_llama_cpp_server_two_turn_chat(bundled_model: Path, tmp_path: Path) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+# --- endpoints that never stop ---------------------------------------------------------------
+
+
+def test_an_endpoint_ignoring_max_tokens_is_cut_at_the_budget(server: ScriptedOpenAIServer) -> None:
+    server.enqueue(Reply.stream([" word"] * 5000, usage=False, finish=None))
+    pieces: list[str] = []
+    done = backend_for(api_spec(server)).chat(MESSAGES, GenerationSettings(max_tokens=10), pieces.append)
+    assert done.text == " word" * 10 == "".join(pieces)
+    assert done.finish_reason == "length" and done.extra["client_cap"] == "tokens"
+    assert done.completion_tokens == 10
+
+
+def test_a_huge_piece_is_cut_at_the_byte_cap(server: ScriptedOpenAIServer) -> None:
+    server.enqueue(Reply.stream(["é" * 50_000, "more"], usage=False))
+    done = backend_for(api_spec(server)).chat(MESSAGES, GenerationSettings(max_tokens=20))
+    assert len(done.text.encode("utf-8")) <= 4096 and done.text == "é" * 2048  # never half a character
+    assert done.finish_reason == "length" and done.extra["client_cap"] == "bytes"
+
+
+def test_the_transport_cuts_a_body_at_its_byte_cap() -> None:
+    from storybench_core.backends.api_http import CappedStream
+
+    class Body(httpx2.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            while True:
+                yield b"x" * 1000
+
+    capped = CappedStream(Body(), cap=2500)
+    assert b"".join(capped) == b"x" * 2500 and capped.truncated
+
+
+def test_a_body_past_the_transport_cap_ends_as_length(
+    server: ScriptedOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storybench_core.backends import api_http
+
+    monkeypatch.setattr(api_http, "MAX_RESPONSE_BYTES", 3000)
+    server.enqueue(Reply.stream(["x" * 100] * 100, usage=False))
+    done = backend_for(api_spec(server)).chat(MESSAGES, GenerationSettings(max_tokens=1000))
+    assert 0 < len(done.text) < 3000
+    assert done.finish_reason == "length" and done.extra["client_cap"] == "bytes"
+
+
+def test_a_trickling_endpoint_ends_at_the_wall_time_limit(server: ScriptedOpenAIServer) -> None:
+    # Empty pieces every 0.1 s: never silent long enough for the read timeout, never any text.
+    server.enqueue(Reply.stream([""] * 400, delay_s=0.1))
+    start = time.perf_counter()
+    with pytest.raises(ApiTimeoutError, match="did not finish within 1.5 s"):
+        backend_for(api_spec(server, timeout_s=1.0)).chat(MESSAGES, GenerationSettings(max_tokens=5))
+    assert time.perf_counter() - start < 4.0
+
+
+def test_a_silent_endpoint_honours_stop_within_seconds(server: ScriptedOpenAIServer) -> None:
+    server.enqueue(Reply.hang(30.0))
+    backend = backend_for(api_spec(server, timeout_s=60.0))
+    start = time.perf_counter()
+    beats: list[str] = []
+
+    def on_token(piece: str) -> None:
+        beats.append(piece)
+        if time.perf_counter() - start > 0.5:  # the user pressed Stop
+            raise StopRequested()
+
+    with pytest.raises(StopRequested):
+        backend.chat(MESSAGES, GenerationSettings(), on_token)
+    assert time.perf_counter() - start < 3.0
+    assert beats and set(beats) == {""}  # heartbeats, no text
+
+
+def test_a_long_retry_after_wait_honours_stop(server: ScriptedOpenAIServer) -> None:
+    server.enqueue(Reply.error(503, "busy", headers={"Retry-After": "120"}))
+    backend = OpenAIBackend(api_spec(server), GenerationSettingsConfig(), retry=RetryPolicy(max_retries=2))
+    start = time.perf_counter()
+
+    def on_token(piece: str) -> None:
+        if time.perf_counter() - start > 0.5:
+            raise StopRequested()
+
+    with pytest.raises(StopRequested):
+        backend.chat(MESSAGES, GenerationSettings(), on_token)
+    assert time.perf_counter() - start < 3.0
+
+
+def test_a_silent_endpoint_in_a_batch_honours_stop(server: ScriptedOpenAIServer) -> None:
+    server.enqueue(Reply.hang(30.0), Reply.hang(30.0))
+    backend = backend_for(api_spec(server, timeout_s=60.0, max_concurrency=2))
+    start = time.perf_counter()
+
+    def on_token(i: int, piece: str) -> None:
+        if time.perf_counter() - start > 0.5:
+            raise StopRequested()
+
+    with pytest.raises(StopRequested):
+        backend.chat_batch([MESSAGES, MESSAGES], [GenerationSettings(), GenerationSettings()], on_token)
+    assert time.perf_counter() - start < 4.0
+
+
+def test_retry_bounds_are_capped_whatever_the_options_say() -> None:
+    policy = RetryPolicy.from_options(
+        {"max_retries": 10_000, "backoff_base_s": 1e6, "backoff_max_s": 1e9, "max_retry_after_s": 1e12}
+    )
+    assert policy == RetryPolicy(
+        max_retries=10, backoff_base_s=60.0, backoff_max_s=300.0, max_retry_after_s=600.0
+    )
+    for bad in ({"max_retries": -1}, {"backoff_max_s": float("inf")}, {"backoff_base_s": float("nan")}):
+        with pytest.raises(ConfigError, match="finite and not negative"):
+            RetryPolicy.from_options(bad)

@@ -518,3 +518,83 @@ def test_writes_are_visible_to_another_handle(store_opener: StoreOpener) -> None
     assert a.get_evaluation(eid)["status"] == "running"  # type: ignore[index]
     assert b.count_responses(eid) == 1
     assert not math.isnan(b.list_responses(eid)[0]["tokens_per_s"])
+
+
+# --- audit trail ------------------------------------------------------------
+
+
+def audit_entry(n: int, **fields: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "ts": T0 + timedelta(minutes=n),
+        "actor": "ann@example.com",
+        "actor_name": "Ann",
+        "role": "operator",
+        "source": "oidc",
+        "action": "queue",
+        "target": f"eval-{n}",
+        "details": {"tasks": n, "config": {"name": "q"}},
+    }
+    doc.update(fields)
+    return doc
+
+
+def test_audit_round_trips_newest_first(store: Store) -> None:
+    ids = [store.add_audit(audit_entry(n)) for n in range(3)]
+    assert all(isinstance(i, str) and i for i in ids)
+    got = store.list_audit()
+    assert [e["id"] for e in got] == ids[::-1]
+    first = got[-1]
+    assert first["ts"] == T0 and first["ts"].tzinfo is not None
+    assert (first["actor"], first["actor_name"], first["role"], first["source"]) == (
+        "ann@example.com", "Ann", "operator", "oidc",
+    )  # fmt: skip
+    assert (first["action"], first["target"]) == ("queue", "eval-0")
+    assert first["details"] == {"tasks": 0, "config": {"name": "q"}}
+    assert [e["id"] for e in store.list_audit(limit=2)] == [ids[2], ids[1]]
+    stamped = store.list_audit(actor="x")  # nothing yet
+    assert stamped == []
+    now_id = store.add_audit({"actor": "x", "action": "vote", "target": None})
+    entry = store.list_audit(actor="x")[0]
+    assert entry["id"] == now_id and abs(entry["ts"] - datetime.now(UTC)) < timedelta(minutes=1)
+    assert entry["details"] is None and entry["role"] is None  # every field present
+
+
+def test_audit_filters_by_actor_action_target_and_since(store: Store) -> None:
+    store.add_audit(audit_entry(0))
+    store.add_audit(audit_entry(1, action="stop"))
+    store.add_audit(audit_entry(2, actor="bo@example.com", action="stop"))
+    store.add_audit(audit_entry(3, actor="cli:root", action="delete", target="eval-0"))
+    assert [e["target"] for e in store.list_audit(action="stop")] == ["eval-2", "eval-1"]
+    assert [e["action"] for e in store.list_audit(actor="ann@example.com")] == ["stop", "queue"]
+    both = store.list_audit(actor="bo@example.com", action="stop")
+    assert [e["target"] for e in both] == ["eval-2"]
+    assert [e["action"] for e in store.list_audit(target="eval-0")] == ["delete", "queue"]
+    since = store.list_audit(since=T0 + timedelta(minutes=2))
+    assert [e["target"] for e in since] == ["eval-0", "eval-2"]  # inclusive, newest first
+    local_since = (T0 + timedelta(minutes=3)).astimezone(timezone(timedelta(hours=-5)))
+    assert [e["actor"] for e in store.list_audit(since=local_since)] == ["cli:root"]
+    assert store.list_audit(action="stop", since=T0 + timedelta(minutes=3)) == []
+
+
+def test_audit_survives_deleting_its_evaluation(store: Store) -> None:
+    eid = store.create_evaluation(evaluation())
+    store.add_audit(audit_entry(0, target=eid, action="delete"))
+    store.delete_evaluation(eid)
+    assert [e["target"] for e in store.list_audit()] == [eid]
+
+
+def test_archived_at_is_a_documented_evaluation_field(store: Store) -> None:
+    eid = store.create_evaluation(evaluation())
+    got = store.get_evaluation(eid)
+    assert got is not None and "archived_at" in got and got["archived_at"] is None
+    store.update_evaluation(eid, {"archived_at": T0})
+    assert store.get_evaluation(eid)["archived_at"] == T0  # type: ignore[index]
+    assert [e["archived_at"] for e in store.list_evaluations()] == [T0]
+    store.update_evaluation(eid, {"archived_at": None})
+    assert store.get_evaluation(eid)["archived_at"] is None  # type: ignore[index]
+
+
+def test_a_fresh_store_has_skipped_no_rows(store: Store) -> None:
+    store.create_evaluation({"name": "fine"})
+    assert len(store.list_evaluations()) == 1
+    assert store.unreadable_rows() == []

@@ -57,6 +57,24 @@ def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path, monkeypatch: 
     assert max(v for v, _ in _versions(path)) == MIGRATIONS[-1][0]
 
 
+def test_a_version_3_file_gains_the_audit_table_and_archived_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", [m for m in MIGRATIONS if m[0] <= 3])
+    old = SQLiteStore(path)
+    with old._tx() as conn:  # a row as Storybench before migration 4 wrote it
+        conn.execute("INSERT INTO evaluations (id, name, status) VALUES ('e1', 'old', 'completed')")
+    old.close()
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", MIGRATIONS)
+    store = SQLiteStore(path)
+    assert [v for v, _ in _versions(path)] == [v for v, _, _ in MIGRATIONS]
+    assert store.get_evaluation("e1")["archived_at"] is None  # type: ignore[index]
+    store.add_audit({"actor": "cli:root", "action": "archive", "target": "e1"})
+    assert [e["target"] for e in store.list_audit(action="archive")] == ["e1"]
+    store.close()
+
+
 def test_a_file_from_a_newer_storybench_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     SQLiteStore(path).close()
@@ -173,3 +191,101 @@ def test_open_store_accepts_sqlite_uris(tmp_path: Path) -> None:
     assert target.exists()
     with pytest.raises(StoreError, match="unknown store URI"):
         open_store("postgres://u:secret@h/db")
+
+
+# --- one damaged row: skipped and flagged, never a failed listing ---------------------------
+
+
+def _damage(path: Path, sql: str, *params: object) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute(sql, params)
+
+
+def test_an_undecodable_row_is_skipped_and_flagged_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    good = store.create_evaluation({"name": "good", "config": {"models": []}})
+    bad = store.create_evaluation({"name": "bad", "config": {"models": []}})
+    for i, eid in enumerate((good, bad)):
+        store.upsert_response({"evaluation_id": eid, "task_key": f"k{i}", "response": "text", "messages": []})
+    rid = store.list_responses(bad)[0]["id"]
+    store.add_judgement({"response_id": rid, "evaluation_id": bad, "judge_model": "j", "rubric_hash": "r",
+                         "attempt": 1, "scores": {"creativity": {"score": 4}}, "overall": 4.0})  # fmt: skip
+    _damage(path, "UPDATE evaluations SET config = '{not json' WHERE id = ?", bad)
+    _damage(path, "UPDATE responses SET messages = '[[[' WHERE evaluation_id = ?", bad)
+    _damage(path, "UPDATE judgements SET scores = '{\"creativity\": ' WHERE evaluation_id = ?", bad)
+    assert store.unreadable_rows() == []
+
+    assert [e["id"] for e in store.list_evaluations()] == [good]
+    assert [r["evaluation_id"] for r in store.list_responses()] == [good]
+    assert store.list_judgement_scores(None, ["creativity"]) == []
+    assert len(store.list_response_stats()) == 2  # the flat projection reads no JSON
+    flagged = {(row.collection, row.row_id) for row in store.unreadable_rows()}
+    assert flagged == {("evaluations", bad), ("responses", rid), ("judgements", store_judgement_id(path))}
+    # Asked for by id, the damaged row is an error that names it, not a silent "not found".
+    with pytest.raises(StoreError, match=f"cannot be decoded .*evaluations {bad}"):
+        store.get_evaluation(bad)
+    with pytest.raises(StoreError, match="cannot be decoded"):
+        store.update_evaluation(bad, {"status": "running"})
+    store.close()
+
+
+def store_judgement_id(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        return str(conn.execute("SELECT id FROM judgements").fetchone()[0])
+
+
+def test_a_damaged_queued_evaluation_does_not_wedge_the_queue(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    first = store.create_evaluation({"name": "first"})
+    second = store.create_evaluation({"name": "second"})
+    _damage(
+        path,
+        "UPDATE evaluations SET created_at = '2000-01-01T00:00:00+00:00', config = 'x' WHERE id = ?",
+        first,
+    )
+    now = datetime.now(UTC)
+    assert store.claim_next_evaluation("w", now) is None  # the damaged one: failed, not handed out
+    claimed = store.claim_next_evaluation("w", now)
+    assert claimed is not None and claimed["id"] == second
+    with sqlite3.connect(path) as conn:
+        status, error = conn.execute(
+            "SELECT status, error FROM evaluations WHERE id = ?", (first,)
+        ).fetchone()
+    assert status == "failed" and "cannot be decoded" in error
+    store.close()
+
+
+def test_a_read_only_home_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from storybench_core.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("STORYBENCH_HOME", str(blocker / "home"))  # cannot be created, even by root
+    assert main(["results"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot create the folder") and "STORYBENCH_HOME" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_chmod_read_only_home_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from storybench_core.cli import main
+
+    home = tmp_path / "ro-home"
+    home.mkdir()
+    home.chmod(0o555)
+    monkeypatch.setenv("STORYBENCH_HOME", str(home))
+    try:
+        assert main(["results"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(home) in err and "Traceback" not in err
+        with pytest.raises(StoreError, match="writable"):
+            SQLiteStore(home / "storybench.db")
+    finally:
+        home.chmod(0o755)

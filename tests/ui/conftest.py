@@ -16,6 +16,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from storybench_core import jobs, paths
+from storybench_core.access import LOCAL_ADMIN
 from storybench_core.config import RunConfig, parse_config
 from storybench_core.store.sqlite import SQLiteStore
 
@@ -73,7 +74,7 @@ TWO_MODELS = (
 
 def run_evaluation(store: SQLiteStore, config: RunConfig) -> str:
     """Queue a config and run it to the end with a worker in this thread."""
-    eid = jobs.enqueue(store, config)
+    eid = jobs.enqueue(store, config, LOCAL_ADMIN)
     assert jobs.Worker(store).run_once()
     return eid
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from storybench_core import jobs, paths
+from storybench_core.access import LOCAL_ADMIN
 from storybench_core.config import config_hash, load_config, parse_config
 from storybench_core.runner import now_utc
 from storybench_core.views import configure as configure_view
@@ -99,7 +100,7 @@ def test_configure_adds_models_and_masks_api_keys(ui, store, monkeypatch):
     ui.button(at, "Add API model").click()
     ui.rerun(at)
     captions = " ".join(ui.texts(at.caption))
-    assert "OPENAI_API_KEY: set (sk-…ef)" in captions
+    assert "OPENAI_API_KEY: set" in captions and "…ef" not in captions  # "set / not set", no characters
     assert "sk-test-1234567890abcdef" not in json.dumps([str(e) for e in at.main])
 
     at.text_input(key="configure.add.hf.repo_id").set_value("owner/repo")
@@ -119,6 +120,24 @@ def test_configure_adds_models_and_masks_api_keys(ui, store, monkeypatch):
     ui.button(at, "Add Bundled model").click()
     ui.rerun(at)
     assert any("already in the list" in e for e in ui.texts(at.error))
+
+
+def test_configure_offers_both_built_in_models_as_candidates_and_judges(ui, store):
+    at = ui.open_app(CONFIGURE)
+    picker = at.selectbox(key="configure.add.bundled.builtin")
+    assert len(picker.options) == 2 and "ChatML chat template" in picker.options[1]  # shown by what it is
+    picker.set_value("smollm2-135m-instruct")
+    ui.button(at, "Add Bundled model").click()
+    ui.rerun(at)
+    assert at.session_state["configure.models"] == [
+        {"kind": "bundled"},
+        {"kind": "bundled", "builtin": "smollm2-135m-instruct"},
+    ]
+    shown = " ".join(ui.texts(at.markdown)) + " ".join(ui.texts(at.caption))
+    assert "smollm2-135m-instruct-q4_1 (bundled)" in shown
+    assert "packaged with Storybench: SmolLM2 135M Instruct" in shown
+    judges = at.selectbox(key="configure.judge_model").options
+    assert {"bundled model (Gemma 3 270M)", "bundled model (SmolLM2 135M Instruct)"} <= set(judges)
 
 
 def test_configure_saves_loads_and_rejects_bad_uploads(ui, store):
@@ -151,6 +170,16 @@ def test_configure_saves_loads_and_rejects_bad_uploads(ui, store):
     ui.rerun(fresh)
     assert any("generation.top_p" in e for e in ui.texts(fresh.error))
 
+    # Not UTF-8 text, or a YAML alias bomb: one clear error, nothing loaded.
+    for name, content, said in [
+        ("utf16.json", json.dumps(bad).encode("utf-16"), "utf16.json: the file is UTF-16"),
+        ("lol.yaml", b'a: &a ["lol"]\nb: [*a, *a]\n', "lol.yaml: YAML anchors and aliases"),
+    ]:
+        fresh.file_uploader(key="configure.upload").set_value((name, content, "application/octet-stream"))
+        ui.rerun(fresh)
+        assert any(said in e for e in ui.texts(fresh.error)), ui.texts(fresh.error)
+        assert not fresh.exception
+
 
 # --- Run ------------------------------------------------------------------------------------
 
@@ -177,7 +206,7 @@ def test_run_page_shows_a_finished_evaluation(ui, store):
 
 
 def test_run_page_stops_and_resumes(ui, store):
-    eid = jobs.enqueue(store, ui.fake_config("to stop"))
+    eid = jobs.enqueue(store, ui.fake_config("to stop"), LOCAL_ADMIN)
     at = ui.open_app(RUN)
     assert not ui.button(at, "Stop").disabled and ui.button(at, "Resume").disabled
     ui.button(at, "Stop").click()
@@ -191,7 +220,7 @@ def test_run_page_stops_and_resumes(ui, store):
 
 
 def test_run_page_resets_a_run_whose_worker_died(ui, store):
-    eid = jobs.enqueue(store, ui.fake_config("orphan"))
+    eid = jobs.enqueue(store, ui.fake_config("orphan"), LOCAL_ADMIN)
     store.claim_next_evaluation("gone-host:1:abc", now_utc())  # claimed, then the worker vanished
     at = ui.open_app(RUN)
     assert "Now writing" not in " ".join(ui.texts(at.caption))
@@ -201,11 +230,11 @@ def test_run_page_resets_a_run_whose_worker_died(ui, store):
     ui.button(at, "Reset").click()
     ui.rerun(at)
     assert store.get_evaluation(eid)["status"] == "stopped"
-    assert "reset by user" in console_text(at)
+    assert "reset by local" in console_text(at)
 
 
 def test_run_page_queues_a_saved_configuration(ui, store):
-    configure_view.save_named_config(ui.fake_config("from disk"))
+    configure_view.save_named_config(ui.fake_config("from disk"), LOCAL_ADMIN, store)
     at = ui.open_app(RUN)
     ui.button(at, "Queue run").click()
     ui.rerun(at)
@@ -216,7 +245,7 @@ def test_run_page_queues_a_saved_configuration(ui, store):
 
 
 def test_two_sessions_and_a_refresh_mid_run_see_one_run_and_the_whole_console(ui, store):
-    eid = jobs.enqueue(store, ui.fake_config("shared run", runs=2, delay_s=0.05))
+    eid = jobs.enqueue(store, ui.fake_config("shared run", runs=2, delay_s=0.05), LOCAL_ADMIN)
     worker = jobs.Worker(store)
     thread = threading.Thread(target=worker.run_once, daemon=True)
     thread.start()
@@ -341,6 +370,11 @@ def test_models_page_lists_the_cache_and_reports_download_problems(ui, store, mo
     at = ui.open_app(MODELS)
     table = at.dataframe[0].value
     assert list(table["source"]) == ["hub: owner/tiny"] and list(table["architecture"]) == ["llama"]
+    builtins = at.dataframe[1].value  # listed, not prepared in a fresh home, and how a config names each
+    assert list(builtins["name"]) == ["gemma-3-270m-q4_k_m (bundled)", "smollm2-135m-instruct-q4_1 (bundled)"]
+    assert list(builtins["status"]) == ["not prepared yet", "not prepared yet"]
+    assert builtins["config"][1] == '{"kind": "bundled", "builtin": "smollm2-135m-instruct"}'
+    assert ui.button(at, "Prepare built-in models") is not None
 
     at.text_input(key="models.repo_id").set_value("not-a-repo")
     at.text_input(key="models.filename").set_value("x.gguf")
@@ -385,7 +419,7 @@ def test_unexpected_errors_show_a_generic_message_and_go_to_the_log(ui, store, m
     logger = logging.getLogger("storybench")  # does not propagate to the root logger once configured
     logger.addHandler(caplog.handler)
     try:
-        jobs.enqueue(store, ui.fake_config("will not stop"))
+        jobs.enqueue(store, ui.fake_config("will not stop"), LOCAL_ADMIN)
         at = ui.open_app(RUN)
         ui.button(at, "Stop").click()
         ui.rerun(at)
@@ -404,3 +438,23 @@ def test_pages_live_outside_a_pages_folder():
     assert not (root / "pages").exists()
     pages = {p.name for p in (root / "app_pages").glob("*.py")}
     assert {"configure.py", "run.py", "results.py", "models.py", "hardware.py"} <= pages
+
+
+def test_a_damaged_row_is_skipped_and_flagged_on_every_page(ui, store):
+    import sqlite3
+
+    eid = ui.run_evaluation(store, ui.fake_config("kept run"))
+    bad = store.create_evaluation({"name": "damaged", "config": {"models": []}, "status": "completed"})
+    with sqlite3.connect(paths.sqlite_path()) as conn:
+        conn.execute("UPDATE evaluations SET config = '{oops' WHERE id = ?", (bad,))
+        conn.execute("UPDATE responses SET model_ref = '[' WHERE id IN (SELECT id FROM responses LIMIT 1)")
+    at = ui.open_app()
+    for page in (RUN, RESULTS):
+        at.switch_page(page)
+        ui.rerun(at)
+        assert not at.exception and not at.error, ui.texts(at.error)
+        flags = " ".join(ui.texts(at.sidebar.warning))
+        assert "could not be read and are left out" in flags
+    at.switch_page(RUN)
+    ui.rerun(at)
+    assert list(at.dataframe[0].value["id"]) == [eid]  # the history lists the readable evaluation

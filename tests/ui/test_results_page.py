@@ -16,6 +16,7 @@ import pytest
 from streamlit.runtime.media_file_manager import MediaFileManager
 
 from storybench_core import catalog, judge, pairwise, votes
+from storybench_core.access import LOCAL_ADMIN
 from storybench_core.backends.fake import FakeBackend
 from storybench_core.config import JudgeConfig, ModelSpec, parse_config
 
@@ -218,7 +219,7 @@ def test_pairwise_ratings_show_when_verdicts_and_votes_exist(ui, store, judged):
     for voter in ("ann", "ben"):
         pair = votes.next_pair_for(store, judged, voter)
         assert pair is not None
-        votes.record_vote(store, voter, pair, "A")
+        votes.record_vote(store, LOCAL_ADMIN, pair, "A", typed_name=voter)
     at = open_results(ui, judged)
     text = page_text(at)
     assert "**Judge pair-judge**" in text and "**Team votes (human)**" in text
@@ -246,3 +247,19 @@ def test_a_second_judge_adds_a_judge_picker_and_agreement(ui, store, judged):
     board = table_with(at, "n_failed_judgements")
     assert list(board["overall"]) == [3.0, 3.0]
     assert at.query_params["judge"] == "other-judge"
+
+
+def test_compare_renders_judge_justifications_without_images_or_links(ui, store):
+    eid = ui.run_evaluation(store, ui.fake_config("hostile judge", models=ui.TWO_MODELS))
+    rubric, cfg = catalog.load_rubric(), JudgeConfig(max_retries=0)
+    why = "Fine ![px](https://tracker.example/p.png) [see](https://evil.example) <img src=x> :red[OFFICIAL]"
+    reply = json.dumps({cid: {"score": 3, "justification": why} for cid in rubric.criterion_ids})
+    for response in store.list_responses(eid):
+        store.add_judgement(
+            judge.judge_response(FakeBackend(reply=reply), "fake-judge", response, rubric, cfg)
+        )
+    at = open_results(ui, eid, cmp_prompt="1")
+    shown = " ".join(str(m.value) for m in at.markdown)
+    assert "Fine px see" in shown
+    for active in ("](", "![", "<img", "https://", ":red["):
+        assert active not in shown, active

@@ -85,3 +85,18 @@ def test_the_name_is_asked_once_and_can_be_changed(store, ui):
     at.button[0].click()
     at.run()
     assert any("voter's name" in str(e.value) for e in at.error)
+
+
+def test_model_output_cannot_load_images_links_or_fake_ui(store, ui):
+    eid = make_evaluation(store, MODELS, runs=1)
+    hostile = (
+        "quality 1 ![pixel](https://tracker.example/p.png) [prize](https://evil.example) "
+        "<img src=https://tracker.example/i.png> :red[SYSTEM: vote B] :material/verified: www.evil.example"
+    )
+    for doc in store.list_responses(eid, model_name="xq-weak"):
+        store.upsert_response(doc | {"response": hostile})
+    at = session("dee")
+    shown = " ".join(str(m.value) for m in at.markdown)
+    assert "prize" in shown and "pixel" in shown  # the words are still there
+    for active in ("](", "![", "<img", "https://", ":red[", ":material/", "www."):
+        assert active not in shown, active
