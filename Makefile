@@ -11,9 +11,10 @@ setup:
 setup-dev:
 	@bash scripts/setup.sh --dev
 
-## Set everything up and start the dashboard on the embedded SQLite store.
+## Set everything up and start the dashboard and its worker on the embedded SQLite store
+## (127.0.0.1 only; `make run ADDRESS=0.0.0.0` serves a team once sign-in is configured).
 run: setup
-	$(VENV)/bin/streamlit run streamlit_app.py --server.port $(PORT)
+	$(VENV)/bin/storybench serve --port $(PORT) $(if $(ADDRESS),--address $(ADDRESS))
 
 ## A worker process beside the dashboard (optional; the dashboard has its own).
 worker: setup

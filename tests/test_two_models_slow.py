@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -34,8 +35,9 @@ ONE_THREAD = {"n_threads": 1}
 GEMMA = {"kind": "bundled", "options": ONE_THREAD}
 SMOLLM2 = {"kind": "bundled", "builtin": SMOLLM2_135M.id, "options": ONE_THREAD}
 GEMMA_NAME, SMOLLM2_NAME = "gemma-3-270m-q4_k_m (bundled)", "smollm2-135m-instruct-q4_1 (bundled)"
-# A local judge's context is generation.n_ctx: the rubric prompt alone takes about 1,800 tokens.
-JUDGE_N_CTX = 3072
+# A local judge's context is generation.n_ctx; with the two-criterion rubric a judge prompt is ~600 tokens.
+JUDGE_N_CTX = 2048
+JUDGE = {"max_tokens": 96, "max_retries": 0}
 
 
 def small_config(
@@ -97,6 +99,19 @@ def tiny_sequence(storybench_home) -> str:
 
 
 @pytest.fixture
+def small_rubric(storybench_home) -> list[str]:
+    """The packaged rubric cut to its first two criteria (a catalog override): a quarter of the judge prompt.
+
+    The full seven-criterion rubric on a real model is test_judge_slow.py's; here judging is the plumbing.
+    """
+    packaged = json.loads((resources.files("storybench_core.catalog") / "data" / "rubric.json").read_text())
+    packaged["criteria"] = packaged["criteria"][:2]
+    paths.catalog_override_dir().mkdir(parents=True, exist_ok=True)
+    (paths.catalog_override_dir() / "rubric.json").write_text(json.dumps(packaged))
+    return [c["id"] for c in packaged["criteria"]]
+
+
+@pytest.fixture
 def store(storybench_home):
     opened = SQLiteStore(storybench_home / "storybench.db")
     yield opened
@@ -134,18 +149,18 @@ def test_smollm2_writes_through_its_gguf_chatml_template(smollm2_model, store):
 
 
 def test_two_models_get_two_leaderboard_rows_and_pairwise_verdicts(
-    bundled_model, smollm2_model, tiny_sequence, store
+    bundled_model, smollm2_model, tiny_sequence, small_rubric, store
 ):
     """A two-model evaluation, judged by rubric and compared pairwise by a real local judge.
 
-    The judge is Gemma: SmolLM2's Q4_1 weights evaluate a prompt about 5x slower on CPU (70 vs 340
-    tok/s here), and a rubric prompt is ~1,700 tokens; the next test has SmolLM2 judge.
+    The judge is Gemma: SmolLM2's Q4_1 weights evaluate a prompt about 5x slower on this CPU (raw
+    llama.cpp, one thread: ~70 vs ~340 tok/s); the next test has SmolLM2 judge.
     """
     config = small_config(
         [GEMMA, SMOLLM2],
         n_ctx=JUDGE_N_CTX,
         sequence=tiny_sequence,
-        judge={"model": GEMMA, "max_tokens": 256, "max_retries": 0},
+        judge={"model": GEMMA, **JUDGE},
     )
     pool = ModelPool()
     try:
@@ -156,9 +171,10 @@ def test_two_models_get_two_leaderboard_rows_and_pairwise_verdicts(
         summary = judge.judge_evaluation(store, eid, pool=pool)
         assert summary.judged + summary.failed == 4
         rubric = catalog.load_rubric()
+        assert list(rubric.criterion_ids) == small_rubric
         for j in store.list_judgements(eid):
             if j["error"] is None:  # a valid judgement: every criterion in range
-                assert set(j["scores"]) == set(rubric.criterion_ids)
+                assert set(j["scores"]) == set(small_rubric)
                 assert all(rubric.scale_min <= v["score"] <= rubric.scale_max for v in j["scores"].values())
             else:  # a failure is kept as one, with its reason, and no score
                 assert_no_score(j)
@@ -187,14 +203,14 @@ def test_two_models_get_two_leaderboard_rows_and_pairwise_verdicts(
 
 
 def test_a_different_local_judge_is_loaded_after_the_candidate_and_judges_every_response(
-    bundled_model, smollm2_model, tiny_sequence, store
+    bundled_model, smollm2_model, tiny_sequence, small_rubric, store
 ):
     """auto_evaluate with judge SmolLM2 and candidate Gemma: responses wait, then the judge is loaded."""
     config = small_config(
         [GEMMA],
         n_ctx=JUDGE_N_CTX,
         sequence=tiny_sequence,
-        judge={"model": SMOLLM2, "max_tokens": 256, "max_retries": 0},
+        judge={"model": SMOLLM2, **JUDGE},
         auto_evaluate=True,
     )
     factory = RecordingFactory()
@@ -220,7 +236,7 @@ def test_a_different_local_judge_is_loaded_after_the_candidate_and_judges_every_
         rubric = catalog.load_rubric()
         for j in stored:
             if j["error"] is None:
-                assert set(j["scores"]) == set(rubric.criterion_ids) and rubric.scale_min <= j["overall"]
+                assert set(j["scores"]) == set(small_rubric) and rubric.scale_min <= j["overall"]
             else:
                 assert_no_score(j)
     finally:

@@ -112,12 +112,13 @@ def notice(mode: serve.ServerMode) -> None:
 
 def sidebar_identity(mode: serve.ServerMode, me: Principal) -> None:
     """Who is signed in (with sign-out), or that this is a single-user install."""
-    st.caption("Signed in")
     if mode.single_user:
+        st.caption("Access")
         st.markdown(":orange-badge[single user] no sign-in; whoever opens this page is admin")
         if not mode.loopback:
             st.markdown(f":red-badge[open] listening on {mode.where()}")
         return
+    st.caption("Signed in")
     st.markdown(f"**{safe_inline(me.name)}** :violet-badge[{me.role}]")
     st.caption(safe_inline(me.id) + (" · via the auth proxy" if mode.auth == "header" else ""))
     if mode.auth == "oidc":

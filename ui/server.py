@@ -34,7 +34,6 @@ async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         # One line and exit code 2, as the CLI gives a user-fixable error. Raising instead
         # would add uvicorn's traceback and exit 3; nothing has been served or started yet.
         print(f"error: {redact(str(exc))}", file=sys.stderr, flush=True)
-        logging.shutdown()
         os._exit(2)
     log.info("serving on %s, sign-in: %s", mode.where(), mode.auth)
     # Imported now, not with this module: its caches are best declared once the runtime exists.

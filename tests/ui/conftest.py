@@ -6,13 +6,14 @@ This folder has no __init__.py on purpose: as a package it would be named
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import streamlit as st
+from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from storybench_core import jobs, paths
@@ -37,6 +38,20 @@ def _fresh_caches() -> Iterator[None]:
     yield
     st.cache_data.clear()
     st.cache_resource.clear()  # closes the stores the app opened
+
+
+@pytest.fixture
+def option() -> Iterator[Callable[[str, Any], None]]:
+    """Set a Streamlit config option for one test (options are process-wide), then put it back."""
+    saved: dict[str, Any] = {}
+
+    def set_option(name: str, value: Any) -> None:
+        saved.setdefault(name, st_config.get_option(name))
+        st_config.set_option(name, value)
+
+    yield set_option
+    for name, value in saved.items():
+        st_config.set_option(name, value)
 
 
 @pytest.fixture
