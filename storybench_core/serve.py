@@ -7,6 +7,7 @@ headers (`server.trustedUserHeaders` in `.streamlit/config.toml`) — or the adm
 explicit `--allow-unauthenticated` (STORYBENCH_ALLOW_UNAUTHENTICATED=1), and then every
 page warns. `storybench serve` checks this before it starts Streamlit; the server
 checks it again with Streamlit's own settings (`ui/server.py`, `streamlit_app.py`).
+`identity_from_user` reads who signed in from st.user's fields (ui/auth.py passes them).
 """
 
 from __future__ import annotations
@@ -181,7 +182,9 @@ def read_streamlit_config(cwd: Path | None = None) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 
 
-def configured_trusted_headers(config: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict:
+def configured_trusted_headers(
+    config: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """server.trustedUserHeaders as Streamlit would read it: its environment variable, else the file."""
     raw = (os.environ if env is None else env).get(TRUSTED_HEADERS_ENV, "").strip()
     if raw:

@@ -91,7 +91,9 @@ def test_auth_modes() -> None:
 
 
 def test_an_incomplete_auth_section_says_what_is_missing() -> None:
-    with pytest.raises(ConfigError, match="lacks cookie_secret, client_id, client_secret, server_metadata_url"):
+    with pytest.raises(
+        ConfigError, match="lacks cookie_secret, client_id, client_secret, server_metadata_url"
+    ):
         serve.auth_mode({"auth": {"redirect_uri": "https://x/oauth2callback"}}, {})
 
 

@@ -4,7 +4,9 @@ Instruct (ChatML chat template from its GGUF), both through llama.cpp on CPU.
 They cover what one model cannot: a GGUF chat template end to end, a leaderboard and pairwise
 verdicts between two real models, a judge that is a different local model than the candidate
 (the deferred auto-judge), and the worker switching models. Every test keeps one run, 16–24
-new tokens and one thread per model, so the file takes a few minutes on 2 cores.
+new tokens and one thread per model; the judging tests use a two-prompt sequence and a
+two-criterion rubric (catalog overrides in the test's STORYBENCH_HOME), so the file takes about
+a minute or two on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 
 from storybench_core import catalog, jobs, judge, pairwise, paths, results
 from storybench_core.access import LOCAL_ADMIN
+from storybench_core.backends import llama
 from storybench_core.backends.base import ModelBackend
 from storybench_core.backends.llama import format_prompt
 from storybench_core.backends.registry import create_backend
@@ -118,10 +121,17 @@ def store(storybench_home):
     opened.close()
 
 
-def test_smollm2_writes_through_its_gguf_chatml_template(smollm2_model, store):
+def test_smollm2_writes_through_its_gguf_chatml_template(smollm2_model, store, monkeypatch):
     """The chat-template path: the prompt sent is ChatML, and the response records which template made it."""
     template_text = read_gguf_info(smollm2_model).chat_template
     assert template_text and "<|im_start|>" in template_text
+    formatted: list[str] = []  # every prompt text the backend tokenized during the run
+
+    def recording_format_prompt(messages: Any, template: Any) -> str:
+        formatted.append(format_prompt(messages, template))
+        return formatted[-1]
+
+    monkeypatch.setattr(llama, "format_prompt", recording_format_prompt)
     factory = RecordingFactory()
     pool = ModelPool(factory)
     try:
@@ -137,11 +147,13 @@ def test_smollm2_writes_through_its_gguf_chatml_template(smollm2_model, store):
             assert r["response"].strip() and r["finish_reason"] in ("stop", "length")
             # What llama.cpp was given: these messages in the GGUF's ChatML, its tokens counted exactly.
             prompt = format_prompt(r["messages"], backend.template)
+            assert prompt in formatted
             assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
             assert prompt.count("<|im_start|>user\n") == r["prompt_index"] + 1
             assert prompt.count("<|im_start|>assistant\n") == r["prompt_index"] + 1
             assert "### Instruction:" not in prompt
             assert r["prompt_tokens"] == backend.count_tokens(r["messages"])
+        assert formatted and all(text.startswith("<|im_start|>system\n") for text in formatted)
         # The template's <|im_start|> / <|im_end|> are read as control tokens, not as text.
         assert backend.template.parse_special
     finally:

@@ -88,6 +88,7 @@ def cpu_features() -> str:
             on.append(name)
     return " ".join(on)
 
+
 # --- prompt formatting (shared with a future batched backend) ------------------------
 
 

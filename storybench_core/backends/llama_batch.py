@@ -369,7 +369,9 @@ class BatchDecoder:
         slot.keep_only(keep)
         job.feed = job.prompt[keep:]
         job.logits = slot.saved[1] if exact and slot.saved is not None else None
-        job.extra["prompt_cache"] = "whole prompt and its logits" if job.logits is not None else f"{keep} tokens"
+        job.extra["prompt_cache"] = (
+            "whole prompt and its logits" if job.logits is not None else f"{keep} tokens"
+        )
 
     def _make_grammar(self, grammar: tuple[str, str] | None) -> Any:
         if grammar is None:
