@@ -159,7 +159,7 @@ def unprepared_builtin_models() -> list[BuiltinModel]:
 
 
 def ensure_builtin_models(progress: Progress | None = None) -> list[Path]:
-    """Prepare every built-in model (`storybench models prepare`, `make setup`)."""
+    """Prepare every built-in model (the Models page's Prepare button)."""
     return [ensure_bundled_model(progress, model.id) for model in BUILTIN_MODELS.values()]
 
 

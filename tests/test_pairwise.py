@@ -13,7 +13,7 @@ from storybench_core import catalog, cli, cli_pairwise, jobs, pairwise
 from storybench_core.access import LOCAL_ADMIN
 from storybench_core.backends.fake import FakeBackend
 from storybench_core.config import ModelSpec, parse_config
-from storybench_core.errors import JudgeError
+from storybench_core.errors import ConfigError, JudgeError
 from storybench_core.runner import ModelPool, task_key
 from storybench_core.store.sqlite import SQLiteStore
 
@@ -481,6 +481,13 @@ def test_cli_compare_judge_prints_the_ratings_table(store, monkeypatch, capsys):
 
 def test_parse_judge_forms(tmp_path):
     assert cli_pairwise.parse_judge("bundled").kind == "bundled"
+    smol = cli_pairwise.parse_judge("bundled:smollm2-135m-instruct")
+    assert smol.display_name == "smollm2-135m-instruct-q4_1 (bundled)"
+    with pytest.raises(ConfigError, match="builtin 'nope' is not known"):
+        cli_pairwise.parse_judge("bundled:nope")
+    from storybench_core.cli_results import parse_judge_model
+
+    assert parse_judge_model("bundled:smollm2-135m-instruct") == smol
     hf = cli_pairwise.parse_judge("hf:org/repo/sub/model.gguf")
     assert (hf.repo_id, hf.filename, hf.subdirectory) == ("org/repo", "model.gguf", "sub")
     assert cli_pairwise.parse_judge(str(tmp_path / "m.gguf")).kind == "path"

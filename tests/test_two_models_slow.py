@@ -165,8 +165,8 @@ def test_two_models_get_two_leaderboard_rows_and_pairwise_verdicts(
 ):
     """A two-model evaluation, judged by rubric and compared pairwise by a real local judge.
 
-    The judge is Gemma: SmolLM2's Q4_1 weights evaluate a prompt about 5x slower on this CPU (raw
-    llama.cpp, one thread: ~70 vs ~340 tok/s); the next test has SmolLM2 judge.
+    The judge is Gemma: SmolLM2 (Q4_1, 30 layers of full attention) evaluates a long prompt 2-5x
+    slower than Gemma on these CPUs (llama.cpp alone, one thread); the next test has SmolLM2 judge.
     """
     config = small_config(
         [GEMMA, SMOLLM2],
