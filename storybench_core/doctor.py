@@ -82,11 +82,9 @@ def missing_cpu_features(system_info: str, cpu_flags: set[str] | None) -> list[s
     """Features the llama.cpp build uses that the CPU does not list (empty when flags are unknown)."""
     if not cpu_flags:
         return []
-    used = {
-        part.split("=")[0].strip().removeprefix("CPU :").strip()
-        for part in system_info.split("|")
-        if part.strip().endswith("= 1")
-    }
+    from .hardware import parse_cpu_features
+
+    used = {name for name, on in parse_cpu_features(system_info).items() if on}
     return sorted(name for name, flag in _FEATURE_FLAGS.items() if name in used and flag not in cpu_flags)
 
 

@@ -78,15 +78,9 @@ STUB_N_CTX = 256
 @lru_cache(maxsize=1)
 def cpu_features() -> str:
     """The CPU features this llama.cpp build uses, e.g. "AVX AVX2 AVX512 F16C FMA" (its numbers depend on them)."""
-    info = llama_cpp.llama_print_system_info()
-    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
-    on = []
-    for part in text.replace("|", "\n").splitlines():
-        name, _, value = part.partition("=")
-        name, value = name.strip().removeprefix("CPU :").strip(), value.strip()
-        if value == "1" and name:
-            on.append(name)
-    return " ".join(on)
+    from ..hardware import llama_build_info
+
+    return " ".join(name for name, on in llama_build_info()["cpu_features"].items() if on)
 
 
 # --- prompt formatting (shared with a future batched backend) ------------------------
@@ -322,11 +316,12 @@ class LlamaBackend:
         on_token: TokenCallback | None = None,
     ) -> Completion:
         """Stream the next assistant turn (a batch of one); StopRequested from on_token aborts and propagates."""
-        self._check_fits(self.count_tokens(messages))
         stream = None if on_token is None else (lambda _i, piece: on_token(piece))
         done = self.chat_batch([messages], [settings], stream)[0]
-        if done.finish_reason == "error":
-            raise ModelError(f"{self.name}: {done.extra.get('error') or 'generation failed'}")
+        if done.finish_reason == "error":  # the decoder's only failed Completion: the prompt does not fit
+            if done.prompt_tokens >= self._n_ctx:
+                raise ContextOverflowError(self._overflow_message(done.prompt_tokens))
+            raise ContextOverflowError(f"{self.name}: {done.extra.get('error') or 'the prompt does not fit'}")
         return done
 
     def chat_batch(
@@ -418,11 +413,6 @@ class LlamaBackend:
                 "llama.cpp rejected the grammar built from the judge's JSON schema — simplify the schema"
             )
         llama_cpp.llama_sampler_free(sampler)
-
-    def _check_fits(self, n_prompt: int) -> None:
-        # llama-cpp-python raises ValueError when the prompt alone fills the context.
-        if n_prompt >= self._n_ctx:
-            raise ContextOverflowError(self._overflow_message(n_prompt))
 
     def _overflow_message(self, n_prompt: int) -> str:
         return (
