@@ -149,7 +149,7 @@ def console_for(evaluation_id: str) -> run_view.ConsoleBuffer:
 
 
 def watched() -> Doc | None:
-    return run_view.watched_evaluation(services.evaluations(), st.session_state.get(f"{PAGE}.selected"))
+    return run_view.watched_evaluation(services.evaluation_briefs(), st.session_state.get(f"{PAGE}.selected"))
 
 
 def live() -> None:
@@ -196,7 +196,7 @@ def live() -> None:
 @st.fragment(run_every=5.0)
 def history() -> None:
     """The queue and every past evaluation; choosing one shows it above."""
-    docs = services.evaluations()
+    docs = services.evaluation_briefs()
     st.subheader("Queue and history")
     if not docs:
         st.caption("Nothing queued or run yet.")

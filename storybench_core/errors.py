@@ -12,6 +12,7 @@ StorybenchError                 user-fixable; CLI exit code 2, UI st.error
 │       ├── RateLimitError      429 after all retries
 │       └── ApiTimeoutError     no answer in time
 ├── StoreError                  the store cannot be reached or written
+│   └── DuplicateError          a write broke a unique key (the document is already there)
 ├── JobError                    a job cannot be started, stopped or resumed
 ├── PermissionDenied            the acting principal's role does not allow the action
 └── JudgeError                  a judge answer is invalid (stored as a failure)
@@ -70,6 +71,11 @@ class StoreError(StorybenchError):
     pass
 
 
+class DuplicateError(StoreError):
+    """A write would break a unique key: that evaluation, judgement, verdict, vote or audit entry
+    is already stored. Callers that write idempotently catch this, never the message text."""
+
+
 class JobError(StorybenchError):
     pass
 
@@ -86,4 +92,11 @@ class StopRequested(Exception):
     """Raised inside generation when the user asked the evaluation to stop.
 
     Not a StorybenchError: it is control flow, never shown as an error.
+    """
+
+
+class LeaseLost(StopRequested):
+    """This worker's claim on an evaluation was taken over (requeued, reclaimed or reset).
+
+    A stop, not an error: the new owner carries on, and this worker writes nothing more.
     """

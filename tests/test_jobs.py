@@ -90,8 +90,9 @@ def test_stop_of_queued_evaluation(store):
 
 def test_stale_running_evaluation_is_requeued_and_resumed(store):
     eid = jobs.enqueue(store, config(runs=2), LOCAL_ADMIN)
-    claimed = store.claim_next_evaluation("dead-worker", now_utc() - timedelta(minutes=10))
+    claimed = store.claim_next_evaluation("dead-worker")
     assert claimed["id"] == eid
+    store.update_evaluation(eid, {"heartbeat_at": store.clock() - timedelta(minutes=10)})
     assert jobs.recover_stale(store, stale_after_s=60) == [eid]
     assert store.get_evaluation(eid)["status"] == "queued"
     assert jobs.Worker(store).run_once()
@@ -102,7 +103,10 @@ def test_reset_and_requeue_rules(store):
     eid = jobs.enqueue(store, config(), LOCAL_ADMIN)
     with pytest.raises(JobError, match="not running"):
         jobs.reset(store, eid, LOCAL_ADMIN)
-    store.claim_next_evaluation("w", now_utc())
+    store.claim_next_evaluation("w")
+    with pytest.raises(JobError, match="still being worked on.*use Stop"):
+        jobs.reset(store, eid, LOCAL_ADMIN)  # its worker heartbeats: a live run is stopped, not reset
+    store.update_evaluation(eid, {"heartbeat_at": store.clock() - timedelta(seconds=61)})
     jobs.reset(store, eid, LOCAL_ADMIN)
     assert store.get_evaluation(eid)["status"] == "stopped"
     with pytest.raises(JobError, match="no evaluation with id"):
@@ -149,7 +153,7 @@ def test_evaluation_of_a_dead_local_process_is_recovered_at_once(store):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     eid = jobs.enqueue(store, config(), LOCAL_ADMIN)
-    store.claim_next_evaluation(f"{socket.gethostname()}:{proc.pid}:abc", now_utc())
+    store.claim_next_evaluation(f"{socket.gethostname()}:{proc.pid}:abc")
     assert jobs.worker_process_alive(f"{socket.gethostname()}:{proc.pid}:abc") is False
     assert jobs.worker_process_alive("otherhost:1:abc") is None
     assert jobs.recover_stale(store) == [eid]
@@ -165,11 +169,11 @@ class _FlakyTelemetryStore:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def update_evaluation(self, evaluation_id, fields):
+    def update_evaluation(self, evaluation_id, fields, *, lease=None):
         if "progress" in fields:
             self.failed_writes += 1
             raise StoreError("SQLite store: database is locked (simulated)")
-        return self.inner.update_evaluation(evaluation_id, fields)
+        return self.inner.update_evaluation(evaluation_id, fields, lease=lease)
 
     def append_event(self, evaluation_id, level, message, **fields):
         if message.startswith("generating"):
@@ -187,3 +191,89 @@ def test_a_failed_progress_write_does_not_fail_the_task(store):
     assert doc["status"] == "completed" and doc["failed_tasks"] == 0
     responses = store.list_responses(eid)
     assert len(responses) == 3 and not any(r.get("error") for r in responses)
+
+
+# --- leases: one job, one worker -------------------------------------------------------
+
+
+class _SkewedClockStore:
+    """The real store seen from a host whose own clock runs an hour fast: only now_utc() is off.
+
+    Staleness must use the store's clock, so this host may not requeue a run that heartbeats.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_fast_clock_on_one_host_does_not_requeue_a_live_run(store, monkeypatch):
+    eid = jobs.enqueue(store, config(), LOCAL_ADMIN)
+    store.claim_next_evaluation("otherhost:1:live")  # another host's worker, just beat
+    future = now_utc() + timedelta(hours=1)
+    monkeypatch.setattr(jobs, "now_utc", lambda: future)
+    import storybench_core.jobqueue as jobqueue
+
+    monkeypatch.setattr(jobqueue, "now_utc", lambda: future)
+    assert jobs.recover_stale(_SkewedClockStore(store), stale_after_s=60) == []
+    assert store.get_evaluation(eid)["status"] == "running"
+    alive, why = jobs.worker_alive(store, store.get_evaluation(eid))
+    assert alive and "last heartbeat" in why
+
+
+def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(store):
+    """Worker A stalls (simulated: its evaluation is requeued under it, as recover_stale does after 60 s
+    of silence) and worker B claims it; A must stop within a stop check and write no response or outcome,
+    B must generate every task exactly once."""
+    eid = jobs.enqueue(store, config(delay_s=0.05, runs=2), LOCAL_ADMIN)
+    a = jobs.Worker(store, "host:1:a", poll_s=0.05)
+    doc = store.claim_next_evaluation(a.worker_id)
+    a_stored: list[str] = []
+    original = store.upsert_response
+
+    def spy(doc, *, lease=None):
+        rid = original(doc, lease=lease)
+        if lease is not None and lease.owner == a.worker_id:
+            a_stored.append(doc["task_key"])
+        return rid
+
+    store.upsert_response = spy
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("summary", a.process(doc)))
+    thread.start()
+    assert wait_for(lambda: store.count_responses(eid) >= 1)
+    # The takeover: requeued under A's old lease, claimed by B with a new one.
+    assert store.transition_evaluation(
+        eid, ["running"], {"status": "queued", "worker_id": None}, lease=jobs.Lease.of(doc)
+    )
+    b = jobs.Worker(store, "host:2:b", poll_s=0.05)
+    b_doc = store.claim_next_evaluation(b.worker_id)
+    assert b_doc["lease"] == doc["lease"] + 1
+    a_count_at_takeover = len(a_stored)
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert len(a_stored) <= a_count_at_takeover + 1  # at most the write already past its check
+    b.process(b_doc)
+    got = store.get_evaluation(eid)
+    assert got["status"] == "completed" and got["worker_id"] == b.worker_id
+    keys = [r["task_key"] for r in store.list_responses(eid)]
+    assert len(keys) == 6 == len(set(keys))
+    messages = [e["message"] for e in store.list_events(eid)]
+    assert sum("completed:" in m for m in messages) == 1  # only B reported an outcome
+
+
+def test_reset_of_a_run_whose_local_worker_process_died_is_allowed_at_once(store):
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    eid = jobs.enqueue(store, config(), LOCAL_ADMIN)
+    store.claim_next_evaluation(f"{socket.gethostname()}:{proc.pid}:abc")
+    jobs.reset(store, eid, LOCAL_ADMIN)
+    doc = store.get_evaluation(eid)
+    assert doc["status"] == "stopped" and doc["worker_id"] is None
+    assert any("is gone from this host" in e["message"] for e in store.list_events(eid))

@@ -152,8 +152,18 @@ def _evaluations(location: str, limit: int) -> list[Doc]:
 
 
 def evaluations(limit: int = 200) -> list[Doc]:
-    """Newest first."""
+    """Newest first, whole documents (configs included)."""
     return _evaluations(store_location(), limit)
+
+
+@st.cache_data(ttl=1.0, show_spinner=False)
+def _evaluation_briefs(location: str, limit: int) -> list[Doc]:
+    return store().list_evaluations(limit=limit, brief=True)
+
+
+def evaluation_briefs(limit: int = 200) -> list[Doc]:
+    """Newest first, without their configs: what the sidebar and the Run page poll every few seconds."""
+    return _evaluation_briefs(store_location(), limit)
 
 
 @st.cache_data(ttl=2.0, show_spinner=False)

@@ -125,7 +125,7 @@ def sidebar_status() -> None:
     st.code(redact(store.describe()), language=None, wrap_lines=True)
     with guarded("starting the worker"):
         worker = services.worker()
-        docs = services.evaluations()
+        docs = services.evaluation_briefs()
         st.caption("Worker")
         if worker is None:
             st.markdown(":gray-badge[off] this server runs no worker (STORYBENCH_DISABLE_WORKER)")

@@ -9,6 +9,7 @@ upsert on its unique `task_key`, which makes resume and several workers safe.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +29,29 @@ JUDGEMENT_SCORE_FIELDS = (
 
 EVALUATION_STATUSES = ("queued", "running", "stopping", "stopped", "completed", "failed")
 ACTIVE_STATUSES = ("queued", "running", "stopping")
+# Fields a brief evaluation document leaves out: the config can be large, and every viewer's
+# sidebar and Run page poll the listing every few seconds.
+HEAVY_EVALUATION_FIELDS = ("config",)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's claim on one evaluation: who holds it and the claim's epoch.
+
+    Every claim increments the evaluation's `lease` counter, so a worker that lost its claim
+    (its evaluation was requeued and claimed again, or reset) holds an older epoch, and each of
+    its guarded writes matches nothing.
+    """
+
+    owner: str
+    epoch: int
+
+    @classmethod
+    def of(cls, doc: Doc) -> Lease:
+        return cls(str(doc.get("worker_id") or ""), int(doc.get("lease") or 0))
+
+    def held_in(self, doc: Doc | None) -> bool:
+        return doc is not None and Lease.of(doc) == self
 
 
 @runtime_checkable
@@ -54,27 +78,50 @@ class Store(Protocol):
         """Insert a new evaluation (id assigned if missing); returns its id."""
         ...
 
-    def get_evaluation(self, evaluation_id: str) -> Doc | None: ...
-
-    def list_evaluations(self, statuses: Iterable[str] | None = None, limit: int | None = None) -> list[Doc]:
-        """Newest first."""
+    def get_evaluation(self, evaluation_id: str, *, brief: bool = False) -> Doc | None:
+        """The evaluation; brief=True leaves out HEAVY_EVALUATION_FIELDS (what a live view polls)."""
         ...
 
-    def update_evaluation(self, evaluation_id: str, fields: Doc) -> None:
-        """Set the given top-level fields."""
+    def list_evaluations(
+        self, statuses: Iterable[str] | None = None, limit: int | None = None, *, brief: bool = False
+    ) -> list[Doc]:
+        """Newest first; brief=True leaves out HEAVY_EVALUATION_FIELDS."""
         ...
 
-    def transition_evaluation(self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc) -> bool:
-        """Atomically set fields only if the status is one of from_statuses; True if it did."""
-        ...
+    def update_evaluation(self, evaluation_id: str, fields: Doc, *, lease: Lease | None = None) -> bool:
+        """Set the given top-level fields, writing only those fields.
 
-    def claim_next_evaluation(self, worker_id: str, now: datetime) -> Doc | None:
-        """Atomically move the oldest queued evaluation to running for this worker.
-
-        Sets status=running, worker_id, heartbeat_at=now and started_at=now (if
-        unset). Returns the updated document, or None when nothing is queued.
-        Never hands one evaluation to two workers.
+        With a lease, only while that lease holds it (else False, nothing written); without one
+        a missing evaluation raises StoreError.
         """
+        ...
+
+    def transition_evaluation(
+        self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc, *, lease: Lease | None = None
+    ) -> bool:
+        """Atomically set fields only if the status is one of from_statuses (and the lease, if
+        given, still holds); True if it did."""
+        ...
+
+    def claim_next_evaluation(self, worker_id: str, *, evaluation_id: str | None = None) -> Doc | None:
+        """Atomically move the oldest queued evaluation (or the given one) to running for this worker.
+
+        Sets status=running, worker_id, lease = previous lease + 1, heartbeat_at = the store's
+        clock, and started_at (if unset). Returns the updated document, or None when nothing (or
+        not that one) is queued. Never hands one evaluation to two workers.
+        """
+        ...
+
+    def heartbeat(self, evaluation_id: str, lease: Lease) -> bool:
+        """Set heartbeat_at to the store's clock while the lease holds a running/stopping evaluation.
+
+        False when the lease is lost: the caller must stop working on it.
+        """
+        ...
+
+    def clock(self) -> datetime:
+        """The store's own time (aware UTC): every worker's heartbeat and every staleness check
+        uses it, so hosts with skewed clocks agree on who is stale."""
         ...
 
     def delete_evaluation(self, evaluation_id: str) -> None:
@@ -82,8 +129,11 @@ class Store(Protocol):
         ...
 
     # --- responses ----------------------------------------------------------
-    def upsert_response(self, doc: Doc) -> str:
-        """Insert or replace by task_key; returns the response id (kept on replace)."""
+    def upsert_response(self, doc: Doc, *, lease: Lease | None = None) -> str:
+        """Insert or replace by task_key; returns the response id (kept on replace).
+
+        With a lease, raises LeaseLost (and writes nothing) unless it still holds the evaluation.
+        """
         ...
 
     def get_response(self, response_id: str) -> Doc | None: ...

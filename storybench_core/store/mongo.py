@@ -26,9 +26,15 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from storybench_core.errors import StoreError
+from storybench_core.errors import DuplicateError, LeaseLost, StoreError
 from storybench_core.redact import redact, redact_doc
-from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Doc
+from storybench_core.store.base import (
+    HEAVY_EVALUATION_FIELDS,
+    JUDGEMENT_SCORE_FIELDS,
+    RESPONSE_STAT_FIELDS,
+    Doc,
+    Lease,
+)
 from storybench_core.store.sqlite import DATETIME_FIELDS, DOCUMENT_FIELDS, count_words, stored_words, utc
 from storybench_core.store.unreadable import UnreadableRow, UnreadableRows
 
@@ -277,24 +283,57 @@ class MongoStore:
         try:
             self._call("create evaluation", lambda: self._db.evaluations.insert_one(_to_mongo(doc)))
         except DuplicateKeyError as exc:
-            raise StoreError(f"an evaluation with id {doc['id']} already exists") from exc
+            raise DuplicateError(f"an evaluation with id {doc['id']} already exists") from exc
         return doc["id"]
 
-    def get_evaluation(self, evaluation_id: str) -> Doc | None:
-        found = self._find("evaluations", {"_id": evaluation_id}, [("_id", 1)], one=True)
-        return found[0] if found else None
+    def get_evaluation(self, evaluation_id: str, *, brief: bool = False) -> Doc | None:
+        found = self._find(
+            "evaluations", {"_id": evaluation_id}, [("_id", 1)], projection=self._brief(brief), one=True
+        )
+        return self._without_heavy(found[0], brief) if found else None
 
-    def list_evaluations(self, statuses: Iterable[str] | None = None, limit: int | None = None) -> list[Doc]:
+    def list_evaluations(
+        self, statuses: Iterable[str] | None = None, limit: int | None = None, *, brief: bool = False
+    ) -> list[Doc]:
         query = {} if statuses is None else {"status": {"$in": list(statuses)}}
-        return self._find("evaluations", query, [("created_at", -1), ("_id", -1)], limit)
+        found = self._find(
+            "evaluations", query, [("created_at", -1), ("_id", -1)], limit, projection=self._brief(brief)
+        )
+        return [self._without_heavy(doc, brief) for doc in found]
 
-    def update_evaluation(self, evaluation_id: str, fields: Doc) -> None:
-        if not self._set_evaluation(evaluation_id, {"_id": evaluation_id}, fields):
+    @staticmethod
+    def _brief(brief: bool) -> Doc | None:
+        return dict.fromkeys(HEAVY_EVALUATION_FIELDS, 0) if brief else None
+
+    @staticmethod
+    def _without_heavy(doc: Doc, brief: bool) -> Doc:
+        """A brief document lacks the heavy fields, as in the SQLite store (not None: absent)."""
+        if brief:
+            for name in HEAVY_EVALUATION_FIELDS:
+                doc.pop(name, None)
+        return doc
+
+    @staticmethod
+    def _guarded(evaluation_id: str, from_statuses: Iterable[str] | None, lease: Lease | None) -> Doc:
+        query: Doc = {"_id": evaluation_id}
+        if from_statuses is not None:
+            query["status"] = {"$in": list(from_statuses)}
+        if lease is not None:
+            query["worker_id"] = lease.owner or {"$in": ["", None]}
+            # A job claimed before leases existed has none: epoch 0 matches it.
+            query["lease"] = {"$in": [0, None]} if lease.epoch == 0 else lease.epoch
+        return query
+
+    def update_evaluation(self, evaluation_id: str, fields: Doc, *, lease: Lease | None = None) -> bool:
+        changed = self._set_evaluation(evaluation_id, self._guarded(evaluation_id, None, lease), fields)
+        if not changed and lease is None:
             raise StoreError(f"evaluation {evaluation_id} not found in MongoDB (was it deleted?)")
+        return changed
 
-    def transition_evaluation(self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc) -> bool:
-        query = {"_id": evaluation_id, "status": {"$in": list(from_statuses)}}
-        return self._set_evaluation(evaluation_id, query, fields)
+    def transition_evaluation(
+        self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc, *, lease: Lease | None = None
+    ) -> bool:
+        return self._set_evaluation(evaluation_id, self._guarded(evaluation_id, from_statuses, lease), fields)
 
     def _set_evaluation(self, evaluation_id: str, query: Doc, fields: Doc) -> bool:
         fields = _clean(fields)
@@ -310,12 +349,34 @@ class MongoStore:
         )
         return result.matched_count > 0
 
-    def claim_next_evaluation(self, worker_id: str, now: datetime) -> Doc | None:
+    def clock(self) -> datetime:
+        # The server's clock (hello.localTime), not this host's: workers on hosts with skewed
+        # clocks then agree on whose heartbeat is stale.
+        hello = self._call("read the server clock", lambda: self._client.admin.command("hello"))
+        local = hello.get("localTime")
+        return utc(local) if isinstance(local, datetime) else _now()
+
+    def heartbeat(self, evaluation_id: str, lease: Lease) -> bool:
+        query = self._guarded(evaluation_id, ["running", "stopping"], lease)
+        result = self._call(
+            "heartbeat",
+            lambda: self._db.evaluations.update_one(query, {"$currentDate": {"heartbeat_at": True}}),
+        )
+        return result.matched_count > 0
+
+    def claim_next_evaluation(self, worker_id: str, *, evaluation_id: str | None = None) -> Doc | None:
+        query: Doc = (
+            {"status": "queued"} if evaluation_id is None else {"status": "queued", "_id": evaluation_id}
+        )
         claimed = self._call(
             "claim evaluation",
             lambda: self._db.evaluations.find_one_and_update(
-                {"status": "queued"},
-                {"$set": {"status": "running", "worker_id": worker_id, "heartbeat_at": now}},
+                query,
+                {
+                    "$set": {"status": "running", "worker_id": worker_id},
+                    "$inc": {"lease": 1},
+                    "$currentDate": {"heartbeat_at": True},
+                },
                 sort=[("created_at", ASCENDING), ("_id", ASCENDING)],
                 return_document=ReturnDocument.AFTER,
             ),
@@ -324,13 +385,14 @@ class MongoStore:
             return None
         if claimed.get("started_at") is None:
             # Only this worker owns it now, so a second step is safe; a requeued job keeps its start.
+            start = claimed.get("heartbeat_at") or _now()
             self._call(
                 "claim evaluation",
                 lambda: self._db.evaluations.update_one(
-                    {"_id": claimed["_id"], "started_at": None}, {"$set": {"started_at": now}}
+                    {"_id": claimed["_id"], "started_at": None}, {"$set": {"started_at": start}}
                 ),
             )
-            claimed["started_at"] = now
+            claimed["started_at"] = start
         return self._doc("evaluations", claimed)
 
     def delete_evaluation(self, evaluation_id: str) -> None:
@@ -356,12 +418,19 @@ class MongoStore:
 
     # --- responses ----------------------------------------------------------
 
-    def upsert_response(self, doc: Doc) -> str:
+    def upsert_response(self, doc: Doc, *, lease: Lease | None = None) -> str:
         task_key = doc.get("task_key")
         if not task_key:
             raise StoreError("a response needs a task_key (evaluation/model/sequence/run/prompt)")
         doc = dict(doc)
         doc.setdefault("created_at", _now())
+        if lease is not None:
+            # Check, then write: without a multi-document transaction a takeover in between can
+            # still land this one response, which the unique task_key makes a harmless replace.
+            query = self._guarded(str(doc.get("evaluation_id")), None, lease)
+            held = self._call("check lease", lambda: self._db.evaluations.count_documents(query, limit=1))
+            if not held:
+                raise LeaseLost(f"{lease.owner} no longer holds evaluation {doc.get('evaluation_id')}")
         for _ in range(3):  # a racing insert of the same task_key turns the next pass into a replace
             old = self._call(
                 "find response", lambda: self._db.responses.find_one({"task_key": task_key}, {"_id": 1})
@@ -465,7 +534,7 @@ class MongoStore:
             self._call(f"add {what}", lambda: self._db[collection].insert_one(_to_mongo(doc)))
         except DuplicateKeyError as exc:
             key = ", ".join(f"{k}={doc[k]!r}" for k in keys)
-            raise StoreError(f"a {what} with {key} already exists") from exc
+            raise DuplicateError(f"a {what} with {key} already exists") from exc
         return doc["id"]
 
     def add_judgement(self, doc: Doc) -> str:
@@ -523,7 +592,7 @@ class MongoStore:
         try:
             self._call("add audit entry", lambda: self._db.audit.insert_one(_to_mongo(doc)))
         except DuplicateKeyError as exc:
-            raise StoreError(f"an audit entry with id {doc['id']} already exists") from exc
+            raise DuplicateError(f"an audit entry with id {doc['id']} already exists") from exc
         return doc["id"]
 
     def list_audit(

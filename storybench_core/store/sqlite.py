@@ -24,9 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from storybench_core.errors import StoreError
+from storybench_core.errors import DuplicateError, LeaseLost, StoreError
 from storybench_core.redact import redact_doc
-from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Doc
+from storybench_core.store.base import (
+    HEAVY_EVALUATION_FIELDS,
+    JUDGEMENT_SCORE_FIELDS,
+    RESPONSE_STAT_FIELDS,
+    Doc,
+    Lease,
+)
 from storybench_core.store.unreadable import UnreadableRow, UnreadableRows
 
 # field -> kind. Kinds: text, int, real, dt (datetime), json (nested value).
@@ -35,7 +41,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "id": "text", "name": "text", "config": "json", "config_hash": "text", "status": "text",
         "created_at": "dt", "started_at": "dt", "finished_at": "dt", "total_tasks": "int",
         "completed_tasks": "int", "failed_tasks": "int", "worker_id": "text", "heartbeat_at": "dt",
-        "error": "text", "archived_at": "dt",
+        "error": "text", "archived_at": "dt", "lease": "int",
     },
     "responses": {
         "id": "text", "evaluation_id": "text", "task_key": "text", "model_name": "text",
@@ -68,7 +74,7 @@ COLUMNS: dict[str, dict[str, str]] = {
 
 # Columns a later migration adds with ALTER TABLE, so the CREATE TABLE of migration 1 leaves them out
 # (a released migration must build the same table forever).
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"evaluations": ("archived_at",)}
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"evaluations": ("archived_at", "lease")}
 
 # The documented fields of each collection; both backends return every one of them
 # (None when unset), so callers see the same document shape everywhere.
@@ -145,6 +151,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             # An archived evaluation keeps its data but leaves the leaderboards.
             "ALTER TABLE evaluations ADD COLUMN archived_at TEXT",
         ],
+    ),
+    (
+        5,
+        "job leases",
+        # Incremented by every claim: a worker's writes match only while its epoch is current.
+        ["ALTER TABLE evaluations ADD COLUMN lease INTEGER"],
     ),
 ]
 
@@ -433,62 +445,113 @@ class SQLiteStore:
             try:
                 self._insert(conn, "evaluations", doc)
             except sqlite3.IntegrityError as exc:
-                raise StoreError(f"an evaluation with id {doc['id']} already exists in {self.path}") from exc
+                raise DuplicateError(f"an evaluation with id {doc['id']} already exists in {self.path}") from exc
         return doc["id"]
 
-    def get_evaluation(self, evaluation_id: str) -> Doc | None:
-        found = self._select("evaluations", "id = ?", [evaluation_id], one=True)
+    def get_evaluation(self, evaluation_id: str, *, brief: bool = False) -> Doc | None:
+        found = self._select(
+            "evaluations", "id = ?", [evaluation_id], cols=self._evaluation_cols(brief), one=True
+        )
         return found[0] if found else None
 
-    def list_evaluations(self, statuses: Iterable[str] | None = None, limit: int | None = None) -> list[Doc]:
+    def list_evaluations(
+        self, statuses: Iterable[str] | None = None, limit: int | None = None, *, brief: bool = False
+    ) -> list[Doc]:
         where, params = "", []
         if statuses is not None:
             wanted = list(statuses)
             where = f"status IN ({', '.join('?' * len(wanted))})" if wanted else "0"
             params = wanted
         tail = " ORDER BY created_at DESC, id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        return self._select("evaluations", where, params, tail)
+        return self._select("evaluations", where, params, tail, cols=self._evaluation_cols(brief))
 
-    def _rewrite_evaluation(self, evaluation_id: str, fields: Doc, from_statuses: list[str] | None) -> bool:
-        if fields.get("id", evaluation_id) != evaluation_id:
+    @staticmethod
+    def _evaluation_cols(brief: bool) -> str:
+        if not brief:
+            return "*"
+        return ", ".join([c for c in COLUMNS["evaluations"] if c not in HEAVY_EVALUATION_FIELDS] + ["extra"])
+
+    def _set_evaluation(
+        self, evaluation_id: str, fields: Doc, from_statuses: list[str] | None, lease: Lease | None
+    ) -> bool:
+        """One UPDATE of just the given fields (known columns directly, others inside `extra` with
+        json_set), guarded by status and lease: a progress write never rewrites the config."""
+        fields = redact_doc(fields)  # the write boundary: no known secret reaches the file
+        if fields.pop("id", evaluation_id) != evaluation_id:
             raise StoreError(f"cannot change the id of evaluation {evaluation_id}")
+        cols = COLUMNS["evaluations"]
+        sets: list[str] = []
+        params: list[Any] = []
+        extra_args: list[Any] = []
+        for key, value in fields.items():
+            if key in cols:
+                sets.append(f"{key} = ?")
+                params.append(_encode(cols[key], value))
+            elif _PATH_UNSAFE.isdisjoint(key):
+                if isinstance(value, float) and math.isnan(value):
+                    value = None
+                extra_args += [f'$."{key}"', _dumps(value)]
+            else:
+                raise StoreError(f"field name {key!r} cannot be stored: control characters or quotes")
+        if extra_args:
+            pairs = ", ".join("?, json(?)" for _ in range(len(extra_args) // 2))
+            sets.append(f"extra = json_set(COALESCE(extra, '{{}}'), {pairs})")
+            params += extra_args
+        where, wparams = ["id = ?"], [evaluation_id]
+        if from_statuses is not None:
+            where.append(f"status IN ({', '.join('?' * len(from_statuses))})" if from_statuses else "0")
+            wparams += from_statuses
+        if lease is not None:
+            where.append("COALESCE(worker_id, '') = ? AND COALESCE(lease, 0) = ?")
+            wparams += [lease.owner, lease.epoch]
         with self._tx() as conn:
-            row = conn.execute("SELECT * FROM evaluations WHERE id = ?", (evaluation_id,)).fetchone()
-            if row is None:
-                if from_statuses is not None:
-                    return False
-                raise StoreError(f"evaluation {evaluation_id} not found in {self.path} (was it deleted?)")
-            try:
-                doc = _to_doc("evaluations", row)
-            except (ValueError, TypeError, KeyError) as exc:
-                raise self._unreadable_error(
-                    str(self._unreadable.add("evaluations", evaluation_id, exc))
-                ) from None
-            if from_statuses is not None and doc["status"] not in from_statuses:
-                return False
-            doc.update(fields)
-            new = _to_row("evaluations", doc)
-            sets = ", ".join(f"{k} = :{k}" for k in new if k != "id")
-            conn.execute(f"UPDATE evaluations SET {sets} WHERE id = :id", new)
-        return True
+            if sets:
+                sql = f"UPDATE evaluations SET {', '.join(sets)} WHERE {' AND '.join(where)}"
+                changed = conn.execute(sql, params + wparams).rowcount > 0
+            else:
+                sql = f"SELECT 1 FROM evaluations WHERE {' AND '.join(where)}"
+                changed = conn.execute(sql, wparams).fetchone() is not None
+        if not changed and from_statuses is None and lease is None:
+            raise StoreError(f"evaluation {evaluation_id} not found in {self.path} (was it deleted?)")
+        return changed
 
-    def update_evaluation(self, evaluation_id: str, fields: Doc) -> None:
-        self._rewrite_evaluation(evaluation_id, fields, None)
+    def update_evaluation(self, evaluation_id: str, fields: Doc, *, lease: Lease | None = None) -> bool:
+        return self._set_evaluation(evaluation_id, fields, None, lease)
 
-    def transition_evaluation(self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc) -> bool:
-        return self._rewrite_evaluation(evaluation_id, fields, list(from_statuses))
+    def transition_evaluation(
+        self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc, *, lease: Lease | None = None
+    ) -> bool:
+        return self._set_evaluation(evaluation_id, fields, list(from_statuses), lease)
 
-    def claim_next_evaluation(self, worker_id: str, now: datetime) -> Doc | None:
-        stamp = _dt_text(now)
+    def clock(self) -> datetime:
+        # One file is one machine's: every process sharing it reads this host's clock.
+        return _now()
+
+    def heartbeat(self, evaluation_id: str, lease: Lease) -> bool:
         with self._tx() as conn:
-            row = conn.execute(
-                "SELECT id FROM evaluations WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
-            ).fetchone()
+            cursor = conn.execute(
+                "UPDATE evaluations SET heartbeat_at = ? WHERE id = ? AND COALESCE(worker_id, '') = ? "
+                "AND COALESCE(lease, 0) = ? AND status IN ('running', 'stopping')",
+                (_dt_text(self.clock()), evaluation_id, lease.owner, lease.epoch),
+            )
+            return cursor.rowcount > 0
+
+    def claim_next_evaluation(self, worker_id: str, *, evaluation_id: str | None = None) -> Doc | None:
+        stamp = _dt_text(self.clock())
+        with self._tx() as conn:
+            if evaluation_id is None:
+                row = conn.execute(
+                    "SELECT id FROM evaluations WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT id FROM evaluations WHERE status = 'queued' AND id = ?", (evaluation_id,)
+                ).fetchone()
             if row is None:
                 return None
             conn.execute(
                 "UPDATE evaluations SET status = 'running', worker_id = ?, heartbeat_at = ?, "
-                "started_at = COALESCE(started_at, ?) WHERE id = ?",
+                "lease = COALESCE(lease, 0) + 1, started_at = COALESCE(started_at, ?) WHERE id = ?",
                 (worker_id, stamp, stamp, row["id"]),
             )
             claimed = conn.execute("SELECT * FROM evaluations WHERE id = ?", (row["id"],)).fetchone()
@@ -516,13 +579,22 @@ class SQLiteStore:
 
     # --- responses ----------------------------------------------------------
 
-    def upsert_response(self, doc: Doc) -> str:
+    def upsert_response(self, doc: Doc, *, lease: Lease | None = None) -> str:
         task_key = doc.get("task_key")
         if not task_key:
             raise StoreError("a response needs a task_key (evaluation/model/sequence/run/prompt)")
         doc = dict(doc)
         doc.setdefault("created_at", _now())
         with self._tx() as conn:
+            if lease is not None:
+                # Checked inside the write transaction: a compare-and-set on the evaluation's lease.
+                held = conn.execute(
+                    "SELECT 1 FROM evaluations WHERE id = ? AND COALESCE(worker_id, '') = ?"
+                    " AND COALESCE(lease, 0) = ?",
+                    (doc.get("evaluation_id"), lease.owner, lease.epoch),
+                ).fetchone()
+                if held is None:
+                    raise LeaseLost(f"{lease.owner} no longer holds evaluation {doc.get('evaluation_id')}")
             old = conn.execute("SELECT id FROM responses WHERE task_key = ?", (task_key,)).fetchone()
             if old is None:
                 doc["id"] = doc.get("id") or _new_id()
@@ -616,7 +688,7 @@ class SQLiteStore:
                 self._insert(conn, table, doc)
             except sqlite3.IntegrityError as exc:
                 key = ", ".join(f"{k}={doc[k]!r}" for k in keys)
-                raise StoreError(f"a {what} with {key} already exists in {self.path}") from exc
+                raise DuplicateError(f"a {what} with {key} already exists in {self.path}") from exc
         return doc["id"]
 
     def add_judgement(self, doc: Doc) -> str:
@@ -686,7 +758,7 @@ class SQLiteStore:
             try:
                 self._insert(conn, "audit", doc)
             except sqlite3.IntegrityError as exc:
-                raise StoreError(f"an audit entry with id {doc['id']} already exists in {self.path}") from exc
+                raise DuplicateError(f"an audit entry with id {doc['id']} already exists in {self.path}") from exc
         return doc["id"]
 
     def list_audit(

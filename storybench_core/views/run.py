@@ -257,7 +257,8 @@ def evaluations_frame(docs: Iterable[Doc], now: datetime | None = None) -> pd.Da
     rows = []
     for doc in docs:
         view = run_view(doc, now)
-        config = doc.get("config") or {}
+        # A brief document (no config) carries the summary enqueue wrote; older ones only the config.
+        config = doc.get("summary") or doc.get("config") or {}
         created = _aware(doc.get("created_at"))
         rows.append(
             {
@@ -267,7 +268,7 @@ def evaluations_frame(docs: Iterable[Doc], now: datetime | None = None) -> pd.Da
                 "failed": view.failed,
                 "created": created.astimezone().strftime("%Y-%m-%d %H:%M") if created else "",
                 "duration": format_duration(view.elapsed_s),
-                "models": len(config.get("models") or []),
+                "models": len(config.get("models") or []),  # names (summary) or specs (config)
                 "sequences": ", ".join(config.get("sequences") or []),
                 "id": view.evaluation_id,
             }

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from storybench_core.errors import StoreError
-from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Store
+from storybench_core.errors import LeaseLost, StoreError
+from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Lease, Store
 
 StoreOpener = Callable[[], Store]  # the store_opener fixture (conftest.py)
 
@@ -163,15 +163,81 @@ def test_claim_takes_the_oldest_queued_and_marks_it_running(store: Store) -> Non
     newer = store.create_evaluation(evaluation(5))
     older = store.create_evaluation(evaluation(2, started_at=started))  # a requeued job
     store.create_evaluation(evaluation(0, status="running"))
-    now = T0 + timedelta(hours=1)
-    first = store.claim_next_evaluation("w1", now)
+    before = store.clock()
+    first = store.claim_next_evaluation("w1")
     assert first is not None and first["id"] == older
-    assert (first["status"], first["worker_id"], first["heartbeat_at"]) == ("running", "w1", now)
+    assert (first["status"], first["worker_id"], first["lease"]) == ("running", "w1", 1)
+    assert before - timedelta(seconds=5) <= first["heartbeat_at"] <= store.clock() + timedelta(seconds=5)
     assert first["started_at"] == started  # kept: only set when unset
-    second = store.claim_next_evaluation("w2", now)
-    assert second is not None and second["id"] == newer and second["started_at"] == now
+    second = store.claim_next_evaluation("w2")
+    assert second is not None and second["id"] == newer and second["started_at"] == second["heartbeat_at"]
     assert store.get_evaluation(newer)["worker_id"] == "w2"  # type: ignore[index]
-    assert store.claim_next_evaluation("w3", now) is None
+    assert store.claim_next_evaluation("w3") is None
+
+
+def test_claim_of_one_evaluation_by_id(store: Store) -> None:
+    queued = store.create_evaluation(evaluation(1))
+    other = store.create_evaluation(evaluation(0))
+    assert store.claim_next_evaluation("w", evaluation_id="missing") is None
+    got = store.claim_next_evaluation("w", evaluation_id=queued)
+    assert got is not None and got["id"] == queued and got["status"] == "running"
+    assert store.claim_next_evaluation("w2", evaluation_id=queued) is None  # not queued any more
+    assert store.get_evaluation(other)["status"] == "queued"  # type: ignore[index]
+
+
+def test_every_claim_is_a_new_lease_and_old_leases_write_nothing(store: Store) -> None:
+    eid = store.create_evaluation(evaluation(0))
+    first = store.claim_next_evaluation("w1")
+    assert first is not None
+    old = Lease.of(first)
+    assert store.heartbeat(eid, old)
+    assert store.update_evaluation(eid, {"progress": {"tasks_done": 1}}, lease=old)
+    # The job is requeued (its worker looked dead) and claimed again: the same owner name, a new epoch.
+    assert store.transition_evaluation(eid, ["running"], {"status": "queued", "worker_id": None}, lease=old)
+    second = store.claim_next_evaluation("w1")
+    assert second is not None and second["lease"] == old.epoch + 1
+    new = Lease.of(second)
+    assert not store.heartbeat(eid, old)
+    assert not store.update_evaluation(eid, {"progress": {"tasks_done": 99}}, lease=old)
+    assert not store.transition_evaluation(eid, ["running"], {"status": "completed"}, lease=old)
+    with pytest.raises(LeaseLost):
+        store.upsert_response(response(eid, 0), lease=old)
+    assert store.count_responses(eid) == 0
+    got = store.get_evaluation(eid)
+    assert got is not None and got["status"] == "running" and got["progress"] == {"tasks_done": 1}
+    assert store.heartbeat(eid, new) and store.update_evaluation(
+        eid, {"progress": {"tasks_done": 2}}, lease=new
+    )
+    assert store.upsert_response(response(eid, 0), lease=new)
+    assert store.transition_evaluation(eid, ["running"], {"status": "completed"}, lease=new)
+    assert not store.heartbeat(eid, new)  # finished: nothing to beat for
+
+
+def test_brief_evaluations_leave_out_the_config_and_nothing_else(store: Store) -> None:
+    eid = store.create_evaluation(evaluation(0, config={"big": "x" * 10_000}, queued_by="ann"))
+    full = store.get_evaluation(eid)
+    brief = store.get_evaluation(eid, brief=True)
+    assert full is not None and brief is not None and "config" in full and "config" not in brief
+    assert brief == {k: v for k, v in full.items() if k != "config"}
+    listed = store.list_evaluations(brief=True)
+    assert [d["id"] for d in listed] == [eid] and "config" not in listed[0]
+    assert listed[0]["queued_by"] == "ann"
+
+
+def test_field_updates_touch_only_their_fields(store: Store) -> None:
+    eid = store.create_evaluation(evaluation(0, config={"keep": [1, 2]}, note="n", progress={"a": 1}))
+    assert store.update_evaluation(eid, {"progress": {"b": 2}, "completed_tasks": 3, "new_field": None})
+    got = store.get_evaluation(eid)
+    assert got is not None
+    assert (got["config"], got["note"], got["progress"], got["completed_tasks"]) == (
+        {"keep": [1, 2]},
+        "n",
+        {"b": 2},
+        3,
+    )
+    assert "new_field" in got and got["new_field"] is None
+    with pytest.raises(StoreError, match="not found"):
+        store.update_evaluation("missing", {"progress": {}})
 
 
 def test_claim_never_hands_one_evaluation_to_two_workers(store_opener: StoreOpener) -> None:
@@ -185,7 +251,7 @@ def test_claim_never_hands_one_evaluation_to_two_workers(store_opener: StoreOpen
     def work(worker: str, handle: Store) -> None:
         try:
             barrier.wait()
-            while (doc := handle.claim_next_evaluation(worker, T0)) is not None:
+            while (doc := handle.claim_next_evaluation(worker)) is not None:
                 claims[worker].append(doc["id"])
         except BaseException as exc:
             failures.append(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,6 @@ import pytest
 from storybench_core import jobs, paths
 from storybench_core.access import LOCAL_ADMIN
 from storybench_core.config import config_hash, load_config, parse_config
-from storybench_core.runner import now_utc
 from storybench_core.views import configure as configure_view
 
 CONFIGURE, RUN, RESULTS = "app_pages/configure.py", "app_pages/run.py", "app_pages/results.py"
@@ -221,12 +221,19 @@ def test_run_page_stops_and_resumes(ui, store):
 
 def test_run_page_resets_a_run_whose_worker_died(ui, store):
     eid = jobs.enqueue(store, ui.fake_config("orphan"), LOCAL_ADMIN)
-    store.claim_next_evaluation("gone-host:1:abc", now_utc())  # claimed, then the worker vanished
+    store.claim_next_evaluation("gone-host:1:abc")  # claimed by another host's worker
     at = ui.open_app(RUN)
     assert "Now writing" not in " ".join(ui.texts(at.caption))
     assert "Also working: worker gone-host:1:abc" in ui.texts(
         at.sidebar.caption
     )  # e.g. a `storybench worker`
+    # While it heartbeats, Reset is refused (in the core) with what to do instead.
+    ui.button(at, "Reset").click()
+    ui.rerun(at)
+    assert store.get_evaluation(eid)["status"] == "running"
+    assert any("still being worked on" in t and "use Stop" in t for t in ui.texts(at.error))
+    # Then the worker vanished: a minute without a heartbeat, by the store's clock.
+    store.update_evaluation(eid, {"heartbeat_at": store.clock() - timedelta(seconds=120)})
     ui.button(at, "Reset").click()
     ui.rerun(at)
     assert store.get_evaluation(eid)["status"] == "stopped"
@@ -446,7 +453,8 @@ def test_a_damaged_row_is_skipped_and_flagged_on_every_page(ui, store):
     eid = ui.run_evaluation(store, ui.fake_config("kept run"))
     bad = store.create_evaluation({"name": "damaged", "config": {"models": []}, "status": "completed"})
     with sqlite3.connect(paths.sqlite_path()) as conn:
-        conn.execute("UPDATE evaluations SET config = '{oops' WHERE id = ?", (bad,))
+        # `extra` (not the config): brief listings, which leave the config out, still read it.
+        conn.execute("UPDATE evaluations SET extra = '{oops' WHERE id = ?", (bad,))
         conn.execute("UPDATE responses SET model_ref = '[' WHERE id IN (SELECT id FROM responses LIMIT 1)")
     at = ui.open_app()
     for page in (RUN, RESULTS):
