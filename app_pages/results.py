@@ -6,10 +6,9 @@ from __future__ import annotations
 from functools import partial
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from storybench_core import access, archive, charts, jobs, ratings, results
+from storybench_core import access, archive, jobs, ratings, results
 from storybench_core.store.base import Doc
 from storybench_core.text_safety import safe_inline, safe_markdown
 from storybench_core.views import results as results_view
@@ -26,24 +25,20 @@ NOT_JUDGED = (
     "Nothing judged yet in this evaluation. Scores and the leaderboard arrive with the judge: "
     "press **Judge now** above, or run `storybench judge {eid}`."
 )
-SCORE_CHARTS = (
-    "criterion_heatmap",
-    "criterion_radar",
-    "sequence_bars",
-    "length_scatter",
-    "score_distribution",
-)
 
 st.title("Results")
 store = widgets.require_store()
 widgets.show_flash(PAGE)
 principal = auth.principal()
 
-# Archived evaluations keep their data but leave Results (restore them on Run).
+# Archived evaluations keep their data but leave Results (restore them on Run). The frame holds no
+# texts (the store's flat projection), read again only when an evaluation gains responses or ends.
 evaluations = services.evaluations()
 archived = {d["id"] for d in evaluations if archive.is_archived(d)}
 evaluations = archive.visible(evaluations)
-frame = results_view.without_evaluations(results_view.responses_frame(services.responses()), archived)
+frame = results_view.without_evaluations(
+    services.response_stats(results_view.change_token(evaluations)), archived
+)
 if frame.empty:
     st.info("No responses stored yet. Queue a run on **Configure** and watch it on **Run**.")
     st.page_link("app_pages/configure.py", label="Open Configure", icon=":material/tune:")
@@ -109,12 +104,14 @@ failed.metric("Failed", int((shown["error"] != "").sum()))
 evaluation: Doc | None = None
 scored = None
 judge: str | None = None
+token: tuple = ()
 if evaluation_id:
     evaluation = next((d for d in evaluations if d["id"] == evaluation_id), None) or store.get_evaluation(
         evaluation_id
     )
+    token = results_view.change_token([evaluation] if evaluation else [])
     with widgets.guarded("reading the scores"):
-        scored = scores_view.filter_scores(services.scores(evaluation_id), filters)
+        scored = scores_view.filter_scores(services.scores(evaluation_id, token), filters)
     judges = scores_view.judges_of(scored) if scored is not None else []
     if len(judges) > 1:
         key = f"{PAGE}.judge"
@@ -136,8 +133,16 @@ responses_tab, charts_tab, leaderboard_tab, compare_tab, export_tab = st.tabs(
 )
 
 with responses_tab:
+    # One page of rows at a time; only their texts are read (for the preview column).
+    page_key, pick_key = f"{PAGE}.page", f"{PAGE}.response"
+    pages = results_view.page_count(len(shown))
+    st.session_state[page_key] = min(max(1, int(st.session_state.get(page_key) or 1)), pages)
+    caption_col, page_col = st.columns([4, 1], vertical_alignment="bottom")
+    page = page_col.number_input("Page", min_value=1, max_value=pages, step=1, key=page_key)
+    caption_col.caption(results_view.page_caption(len(shown), page))
+    rows = results_view.table_page(shown, page)
     st.dataframe(
-        shown[results_view.TABLE_COLUMNS],
+        results_view.with_previews(rows, services.texts(tuple(rows["id"])))[results_view.TABLE_COLUMNS],
         hide_index=True,
         column_config={
             "generation_time_s": st.column_config.NumberColumn("time (s)", format="%.2f"),
@@ -146,16 +151,20 @@ with responses_tab:
             "preview": st.column_config.TextColumn("response", width="large"),
         },
     )
-    rows = {row["id"]: results_view.response_label(row) for row in shown.to_dict("records")}
+    row_labels = {row["id"]: results_view.response_label(row) for row in rows.to_dict("records")}
+    if st.session_state.get(pick_key) not in row_labels:
+        st.session_state.pop(pick_key, None)  # a choice from another page or filter
     chosen = st.selectbox(
         "Read a response",
-        list(rows),
-        key=f"{PAGE}.response",
+        list(row_labels),
+        key=pick_key,
         index=None,
-        format_func=rows.get,
-        placeholder="Choose a response to read it in full",
+        format_func=row_labels.get,
+        placeholder="Choose a response on this page to read it in full",
     )
-    doc = services.response(chosen) if chosen else None
+    doc = None
+    with widgets.guarded("reading the response"):
+        doc = services.response(chosen) if chosen else None
     if doc is not None:
         detail = results_view.response_detail(doc)
         st.subheader(safe_inline(detail.title))
@@ -178,20 +187,21 @@ with responses_tab:
         st.caption(safe_inline(detail.facts_line))
 
 with charts_tab:
-    points = results_view.chart_frame(shown)
-    if points.empty:
+    # Every chart is drawn from per-model aggregates: a few numbers each, however many responses.
+    figures = results_view.metric_figures(shown)
+    if not figures:
         st.info("No successful responses match the filters.")
     else:
         st.dataframe(results_view.model_summary(shown), hide_index=True)
-        for column, title in results_view.CHART_METRICS:
-            figure = px.box(points, x="model", y=column, color="source", points="all", title=title)
-            figure.update_layout(xaxis_title=None, yaxis_title=title, legend_title_text="source")
+        for column, figure in figures:
             st.plotly_chart(figure, key=f"{PAGE}.chart.{column}")
+        st.caption(
+            "Boxes: quartiles and median, whiskers to the furthest response within 1.5 × IQR, the mean dashed."
+        )
     if judged:
         st.subheader("Scores")
-        figures = charts.all_figures(scored, judge)
-        for name in SCORE_CHARTS:
-            st.plotly_chart(figures[name], key=f"{PAGE}.chart.{name}")
+        for name, figure in scores_view.score_figures(scored, judge).items():
+            st.plotly_chart(figure, key=f"{PAGE}.chart.{name}")
     elif evaluation_id:
         st.caption("Score charts appear once the evaluation is judged (**Leaderboard** tab: Judge now).")
 
@@ -254,7 +264,7 @@ def judge_controls(evaluation: Doc) -> None:
             on_click=widgets.run_action,
             args=(PAGE, "stopping the judge", services.judge_jobs().stop, eid, principal),
         )
-    elif state.status == "done":
+    elif state.status == "completed":
         st.success(f"Judging finished: {state.summary}.", icon=":material/check_circle:")
     elif state.status == "stopped":
         st.warning(f"Judging stopped: {state.summary}. Judge again to finish.", icon=":material/stop_circle:")
@@ -272,10 +282,9 @@ def judge_controls(evaluation: Doc) -> None:
 
 def leaderboard(evaluation_id: str, board: pd.DataFrame) -> None:
     """The ranked models with CIs and text metrics, judge agreement, attempt spread, turn trends."""
-    text = scores_view.text_summary(
-        services.text_metrics(evaluation_id), list(scored["response_id"].unique())
-    )
-    table = scores_view.leaderboard_table(board, text)
+    sample = results.text_sample(scored)  # the texts read for the text metrics: a bounded sample
+    metrics = services.sample_text_metrics(evaluation_id, sample.conversations, token)
+    table = scores_view.leaderboard_table(board, scores_view.text_summary(metrics, scored["response_id"]))
     st.dataframe(table, hide_index=True, column_config=scores_view.leaderboard_labels(table))
     st.caption(
         "Overall: the mean of the criteria, per response averaged over its valid judgements; 95% CI: a bootstrap "
@@ -283,6 +292,8 @@ def leaderboard(evaluation_id: str, board: pd.DataFrame) -> None:
         "n-grams (higher = more varied); repeated 4-grams: share of 4-grams repeating an earlier one; stock "
         "phrases: over-used phrases per response."
     )
+    if caption := scores_view.text_sample_caption(sample):
+        st.caption(caption)
     agreement = results.judge_agreement(scored)
     if not agreement.empty:
         st.subheader("Judge agreement")
@@ -452,16 +463,17 @@ with compare_tab:
             compare_choice = compare(evaluation_id)
 
 with export_tab:
+    # Deferred, like the files below: built from the store only when its button is clicked.
     st.download_button(
         "Download the filtered responses (CSV)",
-        data=results_view.csv_bytes(shown),
+        data=partial(results_view.filtered_csv, store, filters, tuple(sorted(archived))),
         file_name="storybench-responses.csv",
         mime="text/csv",
         icon=":material/download:",
         key=f"{PAGE}.export.csv",
         on_click="ignore",
     )
-    st.caption("Full text included, across the filters above.")
+    st.caption("Full text included, across the filters above; the file is built when you click.")
     if evaluation is None:
         st.info("Choose an evaluation above to export it with its judgements and a report.")
     else:

@@ -96,7 +96,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if worker.current:
             from .access import cli_principal
 
-            jobs.request_stop(store, worker.current, cli_principal())
+            if worker.current_job:
+                from .job_kinds import request_stop_job
+
+                request_stop_job(store, worker.current_job, cli_principal())
+            else:
+                jobs.request_stop(store, worker.current, cli_principal())
         return 130
     return 0
 
@@ -350,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their feature (judge, export, …)."""
     found = []
-    for module in ("cli_results", "cli_pairwise", "cli_admin"):
+    for module in ("cli_results", "cli_pairwise", "cli_admin", "cli_jobs"):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=["register"])
         except ImportError:

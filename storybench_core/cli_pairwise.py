@@ -43,6 +43,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--format", choices=("table", "json"), default="table", help="output format (default: table)"
     )
+    p.add_argument(
+        "--queue",
+        action="store_true",
+        help="queue a pairwise job for the worker instead of judging here (one evaluation id); see `storybench jobs`",
+    )
     p.set_defaults(func=cmd_compare_judge)
 
 
@@ -95,6 +100,27 @@ def cmd_compare_judge(args: argparse.Namespace) -> int:
     store: Store = _store(args)
     configs = [jobs.evaluation_config(jobs.get_evaluation(store, eid)) for eid in args.evaluation]
     spec = parse_judge(args.judge, [m for c in configs for m in c.models]) if args.judge else None
+    if args.queue:
+        from .errors import JobError
+        from .job_kinds import enqueue_job
+
+        if len(args.evaluation) != 1:
+            raise JobError("--queue takes one evaluation id; compare across evaluations without --queue")
+        job_id, created = enqueue_job(
+            store,
+            "pairwise",
+            args.evaluation[0],
+            me,
+            judge=spec,
+            budget=args.budget,
+            budget_chars=args.budget_chars,
+            max_tokens=args.max_tokens,
+        )
+        print(
+            f"{'queued' if created else 'already queued or running:'} pairwise job {job_id}", file=sys.stderr
+        )
+        print(job_id)
+        return 0
     for eid in args.evaluation:
         audit.record(store, me, "judge", eid, {"pairwise": True, "judge": args.judge or "configured"})
 

@@ -94,6 +94,17 @@ def cmd_judge(args: argparse.Namespace) -> int:
         store.append_event(evaluation["id"], level, message, **fields)
         print(terminal_safe(message if level == "info" else f"{level}: {message}"), file=sys.stderr)
 
+    if args.queue:
+        from .job_kinds import enqueue_job
+
+        for spec in specs:
+            job_id, created = enqueue_job(
+                store, "judge", evaluation["id"], me, judge=spec, attempts=args.attempts
+            )
+            verb = "queued" if created else "already queued or running:"
+            print(f"{verb} judge job {job_id} ({spec.display_name})", file=sys.stderr)
+            print(job_id)
+        return 0
     audit.record(store, me, "judge", evaluation["id"], {"judges": [s.display_name for s in specs]})
     summary = judge_evaluation(store, evaluation["id"], specs, cfg, event=event)
     return 1 if summary.failed else 0
@@ -162,6 +173,12 @@ def register(subparsers: Any) -> None:
         "several judges (default: the evaluation's judge, else the bundled model)",
     )
     j.add_argument("--attempts", type=int, help="independent judgements per response (default: the config's)")
+    j.add_argument(
+        "--queue",
+        action="store_true",
+        help="queue a judge job for the worker (the dashboard's or `storybench worker`) instead of judging here; "
+        "watch it with `storybench jobs`",
+    )
     j.set_defaults(func=cmd_judge)
 
     e = subparsers.add_parser(

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from . import job_kinds
 from .config import RunConfig
 from .errors import JobError, LeaseLost, StopRequested, StoreError, StorybenchError
 from .jobqueue import (
@@ -85,7 +86,8 @@ class Worker:
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
         self.pool = pool or ModelPool()
-        self.current: str | None = None
+        self.current: str | None = None  # the evaluation being worked on (a run's, or a job's)
+        self.current_job: str | None = None  # the job being done, when it is not a run
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -121,13 +123,26 @@ class Worker:
                 self._halt.wait(self.poll_s * 5)
 
     def run_once(self) -> bool:
-        """Claim and run one queued evaluation; False when the queue was empty."""
+        """Claim and do the oldest queued run or job (judging, pairwise); False when nothing is queued."""
         recover_stale(self.store, self.stale_after_s)
-        doc = self.store.claim_next_evaluation(self.worker_id)
-        if doc is None:
-            return False
-        self.process(doc)
-        return True
+        job_kinds.recover_stale_jobs(self.store, self.stale_after_s)
+        runs = self.store.list_evaluations(statuses=["queued"], brief=True)
+        others = self.store.list_jobs(statuses=["queued"])
+        order = sorted(
+            [(d["created_at"], 0, d["id"]) for d in runs] + [(d["created_at"], 1, d["id"]) for d in others]
+        )
+        for _, is_job, row_id in order:
+            if is_job:
+                job = self.store.claim_next_job(self.worker_id, job_id=row_id)
+                if job is not None:
+                    self.process_job(job)
+                    return True
+            else:
+                doc = self.store.claim_next_evaluation(self.worker_id, evaluation_id=row_id)
+                if doc is not None:
+                    self.process(doc)
+                    return True
+        return False  # empty, or another worker claimed each one first
 
     def claim(self, evaluation_id: str) -> Doc:
         """Claim one specific queued evaluation (the CLI's in-process run)."""
@@ -147,7 +162,11 @@ class Worker:
         self.current = eid
         lost = threading.Event()
         beat_stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(eid, lease, beat_stop, lost), daemon=True)
+        beat = threading.Thread(
+            target=self._heartbeat,
+            args=(self.store.heartbeat, self.store.get_evaluation, eid, lease, beat_stop, lost),
+            daemon=True,
+        )
         beat.start()
         try:
             config = evaluation_config(doc)
@@ -179,6 +198,100 @@ class Worker:
             beat.join(2)
             self.current = None
         return None
+
+    # --- one job (judging, pairwise comparison) -----------------------------------------
+    def process_job(self, doc: Doc) -> job_kinds.JobOutcome | None:
+        """Do one claimed job under its lease: progress, console, Stop and loss of the lease as for runs."""
+        job_id, eid = doc["id"], doc["evaluation_id"]
+        lease = Lease.of(doc)
+        self.current, self.current_job = eid, job_id
+        lost = threading.Event()
+        beat_stop = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat,
+            args=(self.store.heartbeat_job, self.store.get_job, job_id, lease, beat_stop, lost),
+            daemon=True,
+        )
+        beat.start()
+        state = {"checked": 0.0, "stop": False, "progress_at": 0.0}
+        what = f"{doc.get('kind')} job {job_id}"
+
+        def event(level: str, message: str, **fields: Any) -> None:
+            if not lost.is_set():
+                try:
+                    self.store.append_event(eid, level, message, job=job_id, **fields)
+                except StoreError as exc:
+                    log.warning("[%s] could not write a console line: %s", job_id, exc)
+
+        def should_stop() -> bool:
+            now = time.monotonic()
+            if now - state["checked"] >= 0.5:
+                state["checked"] = now
+                try:
+                    current = self.store.get_job(job_id)
+                except StoreError as exc:
+                    log.warning("[%s] could not read the stop flag: %s", job_id, exc)
+                else:
+                    if not lease.held_in(current):
+                        self._note_lost(job_id, lease, lost)
+                    state["stop"] = current is None or current["status"] != "running"
+            if lost.is_set():
+                raise LeaseLost(f"{self.worker_id} lost {what}")
+            return bool(state["stop"]) or self._halt.is_set()
+
+        def progress(info: dict[str, Any]) -> None:
+            now = time.monotonic()
+            done = info.get("done") == info.get("total")
+            if lost.is_set() or (not done and now - state["progress_at"] < PROGRESS_EVERY_S):
+                return
+            state["progress_at"] = now
+            try:
+                if not self.store.update_job(job_id, {"progress": info}, lease=lease):
+                    self._note_lost(job_id, lease, lost)
+            except StoreError as exc:
+                log.warning("[%s] could not write progress: %s", job_id, exc)
+
+        try:
+            event("info", f"{what} started by worker {self.worker_id} (lease {lease.epoch})")
+            outcome = job_kinds.run_job(
+                self.store, doc, self.pool, event=event, progress=progress, should_stop=should_stop
+            )
+            if lost.is_set():
+                self._lost(job_id, lease)
+                return outcome
+            status = "stopped" if outcome.stopped else "completed"
+            fields: Doc = {"status": status, "finished_at": now_utc(), "result": outcome.summary}
+            if self.store.transition_job(job_id, ["running", "stopping"], fields, lease=lease):
+                event("info" if status == "completed" else "warning", f"{what} {status}")
+            return outcome
+        except (LeaseLost, StopRequested):
+            if lost.is_set():
+                self._lost(job_id, lease)
+            else:
+                self.store.transition_job(
+                    job_id,
+                    ["running", "stopping"],
+                    {"status": "stopped", "finished_at": now_utc()},
+                    lease=lease,
+                )
+        except StorybenchError as exc:
+            self._fail_job(job_id, eid, lease, str(exc))
+        except Exception as exc:
+            log.exception("%s crashed", what)
+            self._fail_job(
+                job_id, eid, lease, f"unexpected {type(exc).__name__}: {exc} (traceback in the log file)"
+            )
+        finally:
+            beat_stop.set()
+            beat.join(2)
+            self.current = self.current_job = None
+            self.pool.release()  # a judge is not kept loaded for the next run
+        return None
+
+    def _fail_job(self, job_id: str, eid: str, lease: Lease, error: str) -> None:
+        fields = {"status": "failed", "error": error, "finished_at": now_utc()}
+        if self.store.transition_job(job_id, ["running", "stopping"], fields, lease=lease):
+            self.store.append_event(eid, "error", f"job {job_id} failed: {error}", job=job_id)
 
     def _hooks(self, eid: str, lease: Lease, lost: threading.Event, extra: RunHooks | None) -> RunHooks:
         state = {"checked": 0.0, "stop": False, "progress_at": 0.0, "telemetry_failures": 0}
@@ -273,11 +386,19 @@ class Worker:
             if hasattr(hook, "close"):
                 hook.close()
 
-    def _heartbeat(self, eid: str, lease: Lease, stop: threading.Event, lost: threading.Event) -> None:
+    def _heartbeat(
+        self,
+        beat: Callable[[str, Lease], bool],
+        read: Callable[[str], Doc | None],
+        eid: str,
+        lease: Lease,
+        stop: threading.Event,
+        lost: threading.Event,
+    ) -> None:
         while not stop.wait(self.heartbeat_s):
             try:
-                if not self.store.heartbeat(eid, lease):
-                    current = self.store.get_evaluation(eid, brief=True)
+                if not beat(eid, lease):
+                    current = read(eid)
                     if not lease.held_in(current):
                         self._note_lost(eid, lease, lost)
                         return

@@ -30,12 +30,14 @@ from uuid import uuid4
 from . import catalog
 from .backends.base import Completion, GenerationSettings, Message, ModelBackend
 from .backends.registry import create_backend
-from .batch_runner import choose_width
+from .widths import choose_width
 from .catalog import Rubric
 from .config import GenerationSettingsConfig, JudgeConfig, ModelSpec, RunConfig
-from .errors import JudgeError, StopRequested, StorybenchError
+from .errors import DuplicateError, JudgeError, StopRequested, StorybenchError
+from .jobqueue import evaluation_config, get_evaluation
 from .prompt_fence import Fence
 from .runner import ModelPool, plan_tasks
+from .stopping import stop_check as stop_check_during
 from .store.base import Doc, Store
 
 log = logging.getLogger(__name__)
@@ -552,10 +554,8 @@ def _store_judgement(store: Store, judgement: Doc) -> bool:
         judgement.pop("invalid_outputs", None)
     try:
         store.add_judgement(judgement)
-    except StorybenchError as exc:
-        if "already exists" in str(exc):
-            return False
-        raise
+    except DuplicateError:
+        return False
     return True
 
 
@@ -637,8 +637,6 @@ def judge_evaluation(
     second call only does what is missing. Console lines go to `event`
     (default: the evaluation's event log).
     """
-    from .jobs import evaluation_config, get_evaluation
-
     evaluation = get_evaluation(store, evaluation_id)
     run_config = evaluation_config(evaluation)
     cfg = cfg or run_config.judge
@@ -681,7 +679,8 @@ def judge_evaluation(
                 emit("info", f"judge {name}: all {len(responses)} responses already judged")
                 continue
             emit("info", f"judge {name}: loading for {len(todo)} judgement(s)")
-            backend, fresh = pool.get(spec, generation)
+            with stop_check_during(stop):  # Stop works during the load (a download can take minutes)
+                backend, fresh = pool.get(spec, generation)
             emit("info", f"judge {name}: {'loaded' if fresh else 'reusing loaded model'}")
             width, reason = judge_width(backend, generation, len(todo))
             if min(width, len(todo)) > 1:

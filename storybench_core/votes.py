@@ -26,7 +26,7 @@ import pandas as pd
 
 from . import audit
 from .access import Principal, require
-from .errors import StoreError, StorybenchError
+from .errors import DuplicateError, StorybenchError
 from .pairwise import HUMAN, Pair, all_outcomes, build_pairs, earlier_briefs, load_responses
 from .ratings import fit_ratings, win_probability
 from .store.base import Doc, Store
@@ -227,7 +227,7 @@ def record_vote(
     }
     try:
         store.add_vote(vote)
-    except StoreError:
+    except DuplicateError:
         earlier = _find_vote(store, pair.scope, voter, pair.pair_key)
         if earlier is None:
             raise

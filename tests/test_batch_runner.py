@@ -18,7 +18,6 @@ from storybench_core.access import LOCAL_ADMIN
 from storybench_core.backends.base import Completion, GenerationSettings, Message
 from storybench_core.backends.fake import FakeBackend
 from storybench_core.backends.openai_compat import OpenAIBackend, RetryPolicy
-from storybench_core.batch_runner import choose_width
 from storybench_core.config import GenerationSettingsConfig, ModelSpec, parse_config
 from storybench_core.errors import StopRequested
 from storybench_core.fitting import MIB, estimate_kv_cache_bytes
@@ -26,6 +25,7 @@ from storybench_core.gguf_info import read_gguf_info
 from storybench_core.jobs import enqueue, get_evaluation
 from storybench_core.runner import ModelPool, RunHooks, Runner, seed_for
 from storybench_core.store.sqlite import SQLiteStore
+from storybench_core.widths import choose_width
 from tests.backends.openai_servers import Reply, ScriptedOpenAIServer, allow_endpoint
 from tests.fixtures_gguf import write_tiny_gguf
 
@@ -150,11 +150,17 @@ def test_resume_batches_only_the_missing_runs(store: SQLiteStore) -> None:
     backend = SpyBackend()
     second = Runner(store, ModelPool(lambda s, g: backend)).execute(doc, config)
     assert second.skipped_existing == 4 and second.completed == 5
-    # Turn 2 for runs 2 and 3 only, then turn 3 for all three.
-    assert [len(b) for b in backend.batches] == [2, 3]
-    assert [seed for _, seed in backend.batches[0]] == [seed_for(42, 2, 1), seed_for(42, 3, 1)]
+    # Each conversation goes on from where it stopped: run 1's turn 3 beside turn 2 of runs 2 and 3,
+    # then turn 3 of runs 2 and 3.
+    assert [len(b) for b in backend.batches] == [3, 2]
+    assert [seed for _, seed in backend.batches[0]] == [
+        seed_for(42, 1, 2),
+        seed_for(42, 2, 1),
+        seed_for(42, 3, 1),
+    ]
+    assert [seed for _, seed in backend.batches[1]] == [seed_for(42, 2, 2), seed_for(42, 3, 2)]
     # Run 1 was rebuilt from the store: its stored turns are in its third-turn prompt.
-    run1_turn3 = backend.batches[1][0][0]
+    run1_turn3 = backend.batches[0][0][0]
     answers = [m["content"] for m in run1_turn3 if m["role"] == "assistant"]
     assert answers == [
         keys_before[k] for k in sorted(keys_before) if k.endswith("|1|0") or k.endswith("|1|1")
@@ -275,7 +281,7 @@ def test_width_from_memory_small_and_large(tiny_model: Path, monkeypatch: pytest
 
     _snapshot(monkeypatch, 64 * 1024 * MIB)  # plenty: bounded by the runs to do
     width, reason = choose_width(backend, gen, 8)
-    assert width == 8 and "8 runs to generate" in reason
+    assert width == 8 and "8 conversations to generate" in reason
 
     # Room for exactly three: 80 % of free RAM minus weights and the compute reserve.
     free = int((info.tensor_bytes_total + 300 * MIB + 3 * per_seq + per_seq // 2) / 0.8)

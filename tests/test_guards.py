@@ -3,14 +3,13 @@ and recorded in the audit trail with the acting principal."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from storybench_core import archive, audit, hub, jobs, judge, paths
+from storybench_core import archive, audit, hub, jobs, paths
 from storybench_core.access import ACTION_ROLES, AccessPolicy, Principal, Role
 from storybench_core.config import parse_config
 from storybench_core.errors import PermissionDenied
@@ -51,14 +50,6 @@ def finished(store, status: str = "stopped") -> str:
     return eid
 
 
-def _slow_judge(release: threading.Event) -> Callable[..., Any]:
-    def fake(store_, evaluation_id, spec, *, pool, event, progress, should_stop):
-        release.wait(10)
-        return judge.JudgeSummary(judged=0, stopped=should_stop())
-
-    return fake
-
-
 # Each case: the action, what it needs, a setup returning its target, the call, a check it did nothing.
 Setup = Callable[[SQLiteStore], Any]
 Call = Callable[[SQLiteStore, Principal, Any], Any]
@@ -86,13 +77,7 @@ def _running(store):
 
 
 def _judge(store, who, eid):
-    release = threading.Event()
-    tracker = judging.JudgeJobs(judge=_slow_judge(release))
-    try:
-        return tracker.start(store, eid, who)
-    finally:
-        release.set()
-        tracker.shutdown()
+    return judging.JudgeJobs(store).start(store, eid, who)  # queues a judge job
 
 
 def _download(store, who, _):
@@ -147,12 +132,22 @@ def _refusals() -> list[tuple[str, Principal]]:
 def test_refused_below_the_role_and_nothing_changes(store, case: str, who: Principal) -> None:
     action, setup, call = CASES[case]
     target = setup(store)
-    before = (store.list_evaluations(), len(store.list_audit()), sorted(paths.storybench_home().rglob("*")))
+    before = (
+        store.list_evaluations(),
+        store.list_jobs(),
+        len(store.list_audit()),
+        sorted(paths.storybench_home().rglob("*")),
+    )
     with pytest.raises(PermissionDenied) as info:
         call(store, who, target)
     message = str(info.value)
     assert who.id in message and f"({who.role})" in message and ACTION_ROLES[action] in message
-    after = (store.list_evaluations(), len(store.list_audit()), sorted(paths.storybench_home().rglob("*")))
+    after = (
+        store.list_evaluations(),
+        store.list_jobs(),
+        len(store.list_audit()),
+        sorted(paths.storybench_home().rglob("*")),
+    )
     assert after == before
 
 
@@ -219,18 +214,16 @@ def test_the_limits_come_from_the_secrets_file(store, tmp_path, monkeypatch) -> 
 
 def test_stopping_a_judge_job_needs_an_operator_and_is_audited(store) -> None:
     eid = finished(store)
-    release = threading.Event()
-    tracker = judging.JudgeJobs(judge=_slow_judge(release))
-    tracker.start(store, eid, OPERATOR, label="fake judge")
+    tracker = judging.JudgeJobs(store)
+    job = tracker.start(store, eid, OPERATOR, label="fake judge")
     with pytest.raises(PermissionDenied):
         tracker.stop(eid, VIEWER)
     tracker.stop(eid, OPERATOR)
-    release.set()
-    tracker.wait(eid)
-    assert tracker.state(eid).status == "stopped"
+    assert tracker.state(eid).status == "stopped"  # still queued: stopped at once
     stops = audit.entries(store, action="stop")
-    assert [(e.actor, e.target, e.details) for e in stops] == [(OPERATOR.id, eid, {"job": "judge"})]
-    tracker.shutdown()
+    assert [(e.actor, e.target, e.details) for e in stops] == [
+        (OPERATOR.id, eid, {"job": job.job_id, "status": "stopped"})
+    ]
 
 
 def test_saving_over_a_config_is_recorded_as_a_replacement(store) -> None:

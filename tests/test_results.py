@@ -303,6 +303,69 @@ def test_text_metrics_frame_and_summary(fixed):
     assert summary.loc["A", "words"] == 20 and summary.loc["A", "repeated_4gram_rate"] > 0.8
 
 
+class CountingStore:
+    """A store that counts the response texts it hands out (list_responses and get_response)."""
+
+    def __init__(self, store):
+        self._store, self.calls, self.texts = store, [], 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def list_responses(self, evaluation_id=None, **filters):
+        docs = self._store.list_responses(evaluation_id, **filters)
+        self.calls.append(("list_responses", evaluation_id, filters))
+        self.texts += len(docs)
+        return docs
+
+    def get_response(self, response_id):
+        self.calls.append(("get_response", response_id, {}))
+        self.texts += 1
+        return self._store.get_response(response_id)
+
+
+def test_text_metrics_read_a_bounded_sample_of_whole_runs(store):
+    for run in range(1, 11):
+        for model in ("A", "B"):
+            for prompt in range(3):
+                add_response(store, model, prompt, run=run, text=f"{model} run {run} says {prompt} " * 3)
+    df = results.responses_frame(store, EID)
+    sample = results.text_sample(df, per_model=7)  # 3 responses per run: runs 1-3 reach 7
+    assert sample.conversations == tuple((m, "film", r) for m in ("A", "B") for r in (1, 2, 3))
+    assert (sample.n_sampled, sample.n_total, sample.complete) == (18, 60, False)
+    counting = CountingStore(store)
+    metrics = results.sample_text_metrics(counting, EID, sample.conversations)
+    assert counting.texts == 18 and len(counting.calls) == 6  # one conversation per read, texts only
+    assert all(c[2]["model_name"] and c[2]["run"] and not c[2]["include_messages"] for c in counting.calls)
+    full = results.text_metrics_frame(results.responses_frame(store, EID, include_text=True))
+    same = full[full["response_id"].isin(metrics["response_id"])].sort_values("response_id")
+    pd.testing.assert_frame_equal(
+        metrics.sort_values("response_id").reset_index(drop=True),
+        same.reset_index(drop=True),
+        check_dtype=False,
+        check_categorical=False,
+    )
+    assert results.text_sample(df[df["run"] == 7]).conversations == (("A", "film", 7), ("B", "film", 7))
+    assert results.text_sample(df.iloc[0:0]) == results.TextSample((), 0, 0)
+
+
+def test_box_stats_and_binned_means_by_hand():
+    frame = pd.DataFrame(
+        {"m": list("aaaabbbbc"), "v": [1, 2, 3, 4, 4, 5, 6, 100, np.nan], "w": [1, 2, 3, 4, 5, 6, 7, 8, 9]}
+    )
+    box = results.box_stats(frame, "v", ["m"]).set_index("m")
+    assert list(box.index) == ["a", "b"]  # c has no value
+    assert box.loc["a", ["q1", "median", "q3", "mean", "n"]].tolist() == [1.75, 2.5, 3.25, 2.5, 4]
+    # b: q1 4.75, q3 29.5 → the upper whisker stops at 6, the furthest value within 1.5 IQR of q3.
+    assert box.loc["b", ["lowerfence", "upperfence"]].tolist() == [4.0, 6.0]
+    binned = results.binned_means(frame, "w", "v", "m", bins=2)
+    assert binned["n"].sum() == 8 and set(binned["bin"]) == {0, 1}
+    a = binned[binned["m"] == "a"].set_index("bin")
+    assert a.loc[0, ["x", "y", "n"]].tolist() == [2.5, 2.5, 4]
+    assert results.box_stats(frame.iloc[0:0], "v", ["m"]).empty
+    assert results.binned_means(frame.iloc[0:0], "w", "v", "m").empty
+
+
 # --- compare and exports -----------------------------------------------------------------------
 
 
@@ -340,6 +403,13 @@ def test_exports_csv_json_and_markdown(fixed, tmp_path):
     assert "## Per criterion" in report and "| A | 3.67 | 4.33 |" in report
     assert "## Per sequence" in report and "## Best and worst responses" in report
     assert "### Best: A · film · run 1 · prompt 3 — overall 5.00" in report
+
+
+def test_the_report_reads_only_the_texts_it_quotes(fixed):
+    counting = CountingStore(fixed)
+    report = results.markdown_report(counting, EID, n_samples=1)
+    assert [c[0] for c in counting.calls] == ["get_response", "get_response"]  # best and worst, nothing else
+    assert "> w w w w w w w w w w w w w w w w w w w w w w w w w w w w w w" in report  # the best one's text
 
 
 def test_flat_store_projections_give_the_same_frames(fixed):

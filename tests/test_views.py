@@ -7,7 +7,6 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -17,11 +16,11 @@ from storybench_core import results as rs
 from storybench_core.access import LOCAL_ADMIN
 from storybench_core.backends.fake import FakeBackend
 from storybench_core.config import ConfigError, JudgeConfig, ModelSpec, config_hash, load_config, parse_config
-from storybench_core.errors import DownloadError, JudgeError
+from storybench_core.errors import DownloadError
 from storybench_core.hardware import GpuInfo, HardwareSnapshot
 from storybench_core.hub import ModelRef
 from storybench_core.store.sqlite import SQLiteStore
-from storybench_core.views import configure, hardware, judging, models, results, run, scores
+from storybench_core.views import configure, hardware, models, results, run, scores
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -225,6 +224,82 @@ def test_response_detail_has_prompt_answer_and_conversation(store):
     roles = [m["role"] for m in detail.conversation]
     assert roles == ["system", "user", "assistant", "user"]  # the earlier turn is in the context
     assert detail.facts["words"] == results.word_count(doc["response"])
+
+
+def stored_with_an_api_failure(store):
+    """The fake run of response_docs plus a failed API response, all in the store; returns the evaluation id."""
+    eid = jobs.enqueue(store, fake_config(), LOCAL_ADMIN)
+    jobs.Worker(store).run_once()
+    first = store.list_responses(eid)[0]
+    api = {k: v for k, v in first.items() if k != "id"}
+    api |= {"task_key": f"{eid}|api", "model_name": "api", "model_ref": {"kind": "api"}, "error": "429"}
+    store.upsert_response(api)
+    return eid
+
+
+def test_response_stats_are_the_documents_frame_without_texts(store):
+    eid = stored_with_an_api_failure(store)
+    stats = results.response_stats(store)
+    assert list(stats.columns) == results.STAT_COLUMNS and "response" not in stats and "preview" not in stats
+    docs = results.responses_frame(store.list_responses(eid, include_messages=False))
+    key = ["model", "prompt"]
+    pd.testing.assert_frame_equal(
+        stats.sort_values(key).reset_index(drop=True),
+        docs[results.STAT_COLUMNS].sort_values(key).reset_index(drop=True),
+        check_dtype=False,
+    )
+    assert set(stats["source"]) == {"fake", "API"}
+    assert results.response_stats(store, "nope").empty
+    assert list(results.stats_frame([]).columns) == results.STAT_COLUMNS
+
+
+def test_the_table_is_shown_a_page_at_a_time_with_only_those_texts(store, monkeypatch):
+    eid = stored_with_an_api_failure(store)
+    stats = results.response_stats(store, eid)
+    assert results.page_count(0) == 1 and results.page_count(50) == 1 and results.page_count(51) == 2
+    page = results.table_page(stats, 2, page_size=3)
+    assert list(page["id"]) == list(stats["id"][3:6])
+    assert list(results.table_page(stats, 99, page_size=3)["id"]) == list(stats["id"][6:])  # clamped
+    assert results.page_caption(7, 2, page_size=3) == "Responses 4–6 of 7 (page 2 of 3)"
+    assert results.page_caption(0, 1) == "No responses match the filters."
+    read: list[str] = []
+    original = type(store).get_response
+    monkeypatch.setattr(type(store), "get_response", lambda self, rid: read.append(rid) or original(self, rid))
+    shown = results.with_previews(page, results.text_docs(store, page["id"]))
+    assert read == list(page["id"])  # the rows on screen, nothing else
+    texts = {d["id"]: d for d in store.list_responses(eid)}
+    assert list(shown["preview"]) == [results._preview(texts[i]["error"] or texts[i]["response"]) for i in page["id"]]
+
+
+def test_change_token_moves_when_an_evaluation_gains_responses_or_ends():
+    running = evaluation()
+    token = results.change_token([running])
+    assert results.change_token([evaluation()]) == token
+    assert results.change_token([evaluation(completed_tasks=4)]) != token
+    assert results.change_token([evaluation(status="completed", finished_at=T0)]) != token
+
+
+def test_metric_figures_draw_quartiles_not_points(store):
+    eid = stored_with_an_api_failure(store)
+    stats = results.response_stats(store, eid)
+    many = pd.concat([stats] * 40, ignore_index=True)  # 280 rows, 240 successful
+    figures = results.metric_figures(many)
+    assert [column for column, _ in figures] == [c for c, _ in results.CHART_METRICS]
+    for _, figure in figures:
+        for trace in figure.data:
+            assert trace.type == "box" and trace.y is None  # precomputed: no per-response values
+            assert len(trace.x) == len(trace.q1) == len(trace.median) <= 2
+    words = {t.name: dict(zip(t.x, t.median, strict=True)) for t in figures[0][1].data}
+    assert words["fake"]["long"] > words["fake"]["short"] and "api" not in words.get("API", {})
+    assert results.metric_figures(many[many["error"] != ""]) == []
+
+
+def test_filtered_csv_reads_the_store_only_when_called(store):
+    eid = stored_with_an_api_failure(store)
+    data = results.filtered_csv(store, results.ResponseFilters(evaluation_id=eid, models=("long",)))
+    header, *rows = data.decode().splitlines()
+    assert header.startswith("id,evaluation_id,model") and "response" in header and len(rows) == 3
+    assert results.filtered_csv(store, results.ResponseFilters(), hidden=[eid]).decode().count("\n") == 1
 
 
 # --- hardware ---------------------------------------------------------------------------------
@@ -526,7 +601,6 @@ def test_download_tracker_reports_progress_success_and_failure(tmp_path, store):
 
 
 def _wait(predicate, timeout=10.0):
-    import time
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -599,6 +673,36 @@ def test_leaderboard_table_puts_text_metrics_beside_scores(judged_store):
     only = scores.text_summary(metrics, list(metrics["response_id"][metrics["model_name"] == "short"]))
     assert list(only["model_name"]) == ["short"]
     assert scores.leaderboard_table(rs.leaderboard(df.iloc[0:0])).empty
+
+
+def test_score_figures_are_drawn_from_aggregates(judged_store):
+    store, eid = judged_store
+    df = rs.responses_frame(store, eid)
+    figures = scores.score_figures(df)
+    assert list(figures) == list(scores.SCORE_CHARTS)
+    boxes = figures["score_distribution"].data
+    assert {t.name for t in boxes} == {"long", "short"} and all(t.y is None for t in boxes)
+    assert {t.name: t.median[0] for t in boxes} == {"long": 4.0, "short": 2.0}
+    lines = figures["length_scatter"].data
+    assert {t.name for t in lines} == {"long", "short"} and all(len(t.x) <= 12 for t in lines)
+    assert sum(sum(t.customdata) for t in lines) == 6  # every scored response counted once, in a bin
+    empty = scores.score_figures(df.iloc[0:0])
+    assert empty["score_distribution"].layout.annotations[0].text.startswith("No scores yet")
+
+
+def test_leaderboard_text_metrics_from_a_sample(judged_store):
+    store, eid = judged_store
+    df = rs.responses_frame(store, eid)
+    sample = rs.text_sample(df)
+    assert sample.complete and scores.text_sample_caption(sample) == ""
+    metrics = rs.sample_text_metrics(store, eid, sample.conversations)
+    full = rs.text_metrics_frame(rs.responses_frame(store, eid, include_text=True))
+    pd.testing.assert_frame_equal(
+        scores.text_summary(metrics), scores.text_summary(full), check_dtype=False, check_categorical=False
+    )
+    assert rs.text_sample(df, per_model=1) == sample  # whole conversations: one per model is all there is
+    part = rs.TextSample(sample.conversations[:1], 3, 6)
+    assert "over 3 of 6 responses" in scores.text_sample_caption(part)
 
 
 def test_filter_scores_judges_and_turn_trend(judged_store):
@@ -710,73 +814,4 @@ def test_export_stem_and_export_files(judged_store):
     assert scores.markdown_report_bytes(store, eid).startswith(b"# Storybench report: views")
 
 
-def test_judge_jobs_run_in_the_background_and_skip_what_is_judged(store):
-    config = parse_config(fake_config().model_dump() | {"judge": {"model": {"kind": "fake", "name": "fj"}}})
-    eid = jobs.enqueue(store, config, LOCAL_ADMIN)
-    jobs.Worker(store).run_once()
-    tracker = judging.JudgeJobs()
-    state = tracker.start(store, eid, LOCAL_ADMIN, None, "Configured judge: fj")
-    assert state.evaluation_id == eid and state.judge_label == "Configured judge: fj"
-    tracker.wait(eid)
-    done = tracker.state(eid)
-    assert done.status == "done" and not done.active and done.fraction == 1.0
-    assert (done.judged, done.failed, done.skipped) == (
-        6,
-        0,
-        0,
-    ) and done.summary == "6 judged, 0 failed, 0 already judged"
-    assert done.progress_label == "fj: 6 / 6 judgements"
-    assert any("judging finished" in line for line in done.lines)
-    assert any("judging finished" in e["message"] for e in store.list_events(eid))  # the run's console too
-    assert len(store.list_judgements(eid)) == 6
-    tracker.start(store, eid, LOCAL_ADMIN, ModelSpec(kind="fake", name="fj"))
-    tracker.wait(eid)
-    assert tracker.state(eid).skipped == 6 and len(store.list_judgements(eid)) == 6
-    tracker.shutdown()
-
-
-def test_judge_jobs_report_errors_stop_and_run_one_at_a_time(store):
-    release = threading.Event()
-    calls: list[str] = []
-
-    def fake_judge(store_, evaluation_id, spec, *, pool, event, progress, should_stop):
-        calls.append(evaluation_id)
-        if evaluation_id == "broken":
-            raise JudgeError("evaluation broken has no judge configured; choose one")
-        if evaluation_id == "bug":
-            raise RuntimeError("secret detail")
-        event("info", "judge x: loading")
-        progress({"judge_model": "x", "done": 1, "total": 4})
-        release.wait(10)
-        while evaluation_id == "slow" and not should_stop():
-            time.sleep(0.01)
-        return judge.JudgeSummary(judged=1, stopped=should_stop())
-
-    events: list[tuple[str, str]] = []
-    store_ = SimpleNamespace(
-        append_event=lambda eid, level, message, **f: events.append((eid, message)),
-        add_audit=lambda doc: "audit-id",
-    )
-    tracker = judging.JudgeJobs(judge=fake_judge)
-    tracker.start(store_, "slow", LOCAL_ADMIN)
-    assert _wait(lambda: tracker.state("slow").total == 4)
-    running = tracker.state("slow")
-    assert running.active and running.fraction == 0.25 and running.progress_label == "x: 1 / 4 judgements"
-    assert tracker.start(store_, "slow", LOCAL_ADMIN).status == "running"  # already active: not started twice
-    tracker.start(store_, "broken", LOCAL_ADMIN)
-    assert tracker.state("broken").status == "waiting" and tracker.busy  # one job at a time
-    assert "waiting" in tracker.state("broken").progress_label
-    release.set()
-    tracker.stop("slow", LOCAL_ADMIN)
-    tracker.wait()
-    assert tracker.state("slow").status == "stopped"
-    assert (
-        tracker.state("broken").status == "failed" and "no judge configured" in tracker.state("broken").error
-    )
-    tracker.start(store_, "bug", LOCAL_ADMIN)
-    tracker.wait("bug")
-    error = tracker.state("bug").error
-    assert "unexpected RuntimeError" in error and "secret" not in error
-    assert calls == ["slow", "broken", "bug"] and events == [("slow", "judge x: loading")]
-    assert tracker.state("nothing") is None and not tracker.busy
-    tracker.shutdown()
+# Judge now is a queued job: tests/test_job_kinds.py.

@@ -31,6 +31,7 @@ from storybench_core.logs import setup_logging
 from storybench_core.store.base import Doc, Store
 from storybench_core.store.factory import configured_uri, open_store
 from storybench_core.views import configure as configure_view
+from storybench_core.views import results as results_view
 from storybench_core.views.judging import JudgeJobs, JudgeJobState
 from storybench_core.views.models import DownloadTracker
 
@@ -103,7 +104,7 @@ def stop_with_server(timeout_s: float = 30.0) -> None:
     if running is not None:
         running.shutdown(timeout=timeout_s)
     _started_with_server.clear()
-    for resource in (_worker, _judge_jobs, _downloads):
+    for resource in (_worker, _downloads):
         resource.clear()  # on_release hooks run here, not at some later eviction
 
 
@@ -122,24 +123,15 @@ def downloads() -> DownloadTracker:
     return _downloads(str(paths.models_dir()))
 
 
-def _stop_judging(jobs_: JudgeJobs) -> None:
-    jobs_.shutdown(timeout=5.0)
-
-
-@st.cache_resource(show_spinner=False, on_release=_stop_judging)
-def _judge_jobs(location: str) -> JudgeJobs:
-    return JudgeJobs()
-
-
 def judge_jobs() -> JudgeJobs:
-    """The process-wide 'Judge now' tracker: its own thread and model pool, one job at a time."""
-    return _judge_jobs(store_location())
+    """Judge jobs in this server's store: queued for the worker, visible to every session."""
+    return JudgeJobs(store)
 
 
 def judge_now(
     evaluation_id: str, principal: Principal, judge_spec: ModelSpec | None, label: str = ""
 ) -> JudgeJobState:
-    """Start judging an evaluation in the background for principal (None: its configured judges)."""
+    """Queue judging of an evaluation for principal (None: its configured judges)."""
     return judge_jobs().start(store(), evaluation_id, principal, judge_spec, label)
 
 
@@ -221,14 +213,50 @@ def cached_models() -> list[Any]:
     return _cached_models(str(paths.storybench_home()))
 
 
-@st.cache_data(ttl=2.0, show_spinner=False)
-def _scores(location: str, evaluation_id: str) -> pd.DataFrame:
+# The Results page's reads of a large evaluation: keyed by a change token (results_view.change_token)
+# so a finished evaluation is read once; the ttl catches judgements written by another process.
+@st.cache_data(ttl=60.0, show_spinner=False, max_entries=4)
+def _response_stats(location: str, token: tuple[Any, ...]) -> pd.DataFrame:
+    return results_view.response_stats(store())
+
+
+def response_stats(token: tuple[Any, ...]) -> pd.DataFrame:
+    """Every stored response without its text (the store's flat projection), with each model's source."""
+    return _response_stats(store_location(), token)
+
+
+@st.cache_data(ttl=10.0, show_spinner=False, max_entries=32)
+def _texts(location: str, response_ids: tuple[str, ...]) -> dict[str, Doc]:
+    return results_view.text_docs(store(), response_ids)
+
+
+def texts(response_ids: tuple[str, ...]) -> dict[str, Doc]:
+    """id → {response, error} for the few rows on screen."""
+    return _texts(store_location(), response_ids)
+
+
+@st.cache_data(ttl=60.0, show_spinner=False, max_entries=8)
+def _scores(location: str, evaluation_id: str, token: tuple[Any, ...]) -> pd.DataFrame:
     return results.responses_frame(store(), evaluation_id)
 
 
-def scores(evaluation_id: str) -> pd.DataFrame:
+def scores(evaluation_id: str, token: tuple[Any, ...] = ()) -> pd.DataFrame:
     """One evaluation's responses joined with their judgements (results.responses_frame)."""
-    return _scores(store_location(), evaluation_id)
+    return _scores(store_location(), evaluation_id, token)
+
+
+@st.cache_data(ttl=300.0, show_spinner=False, max_entries=16)
+def _sample_text_metrics(
+    location: str, evaluation_id: str, conversations: tuple[tuple[str, str, int], ...], token: tuple[Any, ...]
+) -> pd.DataFrame:
+    return results.sample_text_metrics(store(), evaluation_id, conversations)
+
+
+def sample_text_metrics(
+    evaluation_id: str, conversations: tuple[tuple[str, str, int], ...], token: tuple[Any, ...] = ()
+) -> pd.DataFrame:
+    """Text metrics of the responses of a few conversations (results.text_sample chooses them)."""
+    return _sample_text_metrics(store_location(), evaluation_id, conversations, token)
 
 
 @st.cache_data(ttl=30.0, show_spinner=False)
@@ -269,10 +297,12 @@ def refresh_after_write() -> None:
     """Drop cached reads a write may have changed, so this session sees it at once."""
     for cached in (_evaluations, _responses, _response, _saved_configs, _cached_models):
         cached.clear()
+    for cached in (_response_stats, _texts):
+        cached.clear()
     refresh_scores()
 
 
 def refresh_scores() -> None:
     """Drop the cached score reads (after judging)."""
-    for cached in (_scores, _text_metrics, _pairwise, _compare):
+    for cached in (_scores, _text_metrics, _sample_text_metrics, _pairwise, _compare):
         cached.clear()

@@ -3,38 +3,8 @@
 Every model file passes `validate_gguf` before llama.cpp sees it, so a
 missing, truncated or foreign file is a `ModelFileError`, never a crash in C.
 
-Chat template. A GGUF that carries `tokenizer.chat_template` is formatted
-with it (Jinja, as Transformers renders it) and recorded as
-"gguf:<arch>:<first 12 hex digits of the template text's sha256>", so two
-responses that name the same template were formatted by the same text.
-A GGUF without one (the bundled Gemma 3 270M is a base model) would make
-llama-cpp-python fall back to the llama-2 format silently; instead we write
-a plain transcript ourselves and record "plain-transcript":
-
-    <system text>
-
-    ### Instruction:
-    <user turn>
-
-    ### Response:
-    <assistant turn>
-
-    ### Instruction:
-    <next user turn>
-
-    ### Response:
-
-Generation stops at the next "### Instruction:" / "### Response:" marker.
-Alpaca-style headings are common in web text, so even a small base model
-reads them as "a brief, then its answer". Measured on the bundled model (the
-first prompt of each of the 5 catalog sequences × 4 seeds, 80 tokens,
-temperature 0.8; score = share of the brief's content words in the reply, 0
-for a reply that copies the brief): this layout 0.13; "### Brief/###
-Response" 0.11; an editor/writer transcript 0.11; "Question:/Answer:" 0.08;
-the same layout under Alpaca's "Below is an instruction..." preamble 0.07;
-Gemma's own <start_of_turn> tokens 0.05; "User:/Writer:" 0.03 (it drifts
-into autobiography). A 270M base model stays weak whatever the layout.
-`options.chat_format = "plain-transcript"` forces this layout for any model.
+Chat templates: llama_template.py (the GGUF's own, or a plain transcript for a model
+without one).
 
 Generation. `Llama` loads the model and tokenizes; every generation, one
 conversation or several, runs on the batch decoder (backends/llama_batch.py),
@@ -45,32 +15,50 @@ which owns the KV cache and its reproducibility rules. `prompt_tokens` and
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
+import logging
 import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 from llama_cpp import Llama, LlamaGrammar
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import ConfigError, ContextOverflowError, ModelError, ModelFileError
 from .base import BatchTokenCallback, Completion, GenerationSettings, Message, TokenCallback
+from .llama_batch import BatchDecoder, BatchRequest
+from .llama_slots import MAX_STEP_TOKENS, PROMPT_CHUNK_TOKENS
+from .llama_template import (
+    CHAT_FORMATS,
+    PLAIN_TRANSCRIPT,
+    PLAIN_TRANSCRIPT_TEMPLATE,
+    PromptTemplate,
+    choose_template,
+    format_prompt,
+)
 
 if TYPE_CHECKING:
     from ..config import GenerationSettingsConfig, ModelSpec
     from ..fitting import GpuPlan
     from ..gguf_info import GGUFInfo
 
-PLAIN_TRANSCRIPT = "plain-transcript"
-INSTRUCTION_MARKER = "### Instruction:"
-RESPONSE_MARKER = "### Response:"
-CHAT_FORMATS = ("auto", "gguf", PLAIN_TRANSCRIPT)
+# The template names are imported from here too (backends.llama is the local model's module).
+__all__ = [
+    "CHAT_FORMATS",
+    "PLAIN_TRANSCRIPT",
+    "PLAIN_TRANSCRIPT_TEMPLATE",
+    "LlamaBackend",
+    "PromptTemplate",
+    "choose_template",
+    "create_llama_backend",
+    "format_prompt",
+    "resolve_model_path",
+]
+
+log = logging.getLogger(__name__)
+
 DEFAULT_N_BATCH = 512
 STUB_N_CTX = 256
 
@@ -81,173 +69,6 @@ def cpu_features() -> str:
     from ..hardware import llama_build_info
 
     return " ".join(name for name, on in llama_build_info()["cpu_features"].items() if on)
-
-
-# --- prompt formatting (shared with a future batched backend) ------------------------
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """How a conversation becomes the prompt text, and what ends a reply."""
-
-    name: str  # "gguf:<arch>:<sha12>" or "plain-transcript" (stored as Completion.template)
-    jinja: str | None = None  # the GGUF's chat template; None = plain transcript
-    bos_token: str = ""
-    eos_token: str = ""
-    stop: tuple[str, ...] = ()
-    # Parse "<start_of_turn>"-style text as control tokens. True for a GGUF template
-    # (it writes them); False for the plain transcript, so a brief cannot inject them.
-    parse_special: bool = False
-
-
-PLAIN_TRANSCRIPT_TEMPLATE = PromptTemplate(name=PLAIN_TRANSCRIPT, stop=(INSTRUCTION_MARKER, RESPONSE_MARKER))
-
-
-def choose_template(
-    info: GGUFInfo, chat_format: str = "auto", bos_token: str = "", eos_token: str = ""
-) -> PromptTemplate:
-    """The GGUF's own template when it has one (and it is wanted), else the plain transcript."""
-    if chat_format not in CHAT_FORMATS:
-        raise ConfigError(
-            f"options.chat_format = {chat_format!r} is not known (use one of {', '.join(CHAT_FORMATS)})"
-        )
-    if chat_format == PLAIN_TRANSCRIPT or not info.chat_template:
-        if chat_format == "gguf":
-            raise ConfigError(
-                f"options.chat_format = 'gguf' but {info.path.name} has no chat template — "
-                "remove the option to use the plain-transcript fallback"
-            )
-        return PLAIN_TRANSCRIPT_TEMPLATE
-    digest = hashlib.sha256(info.chat_template.encode("utf-8")).hexdigest()[:12]
-    return PromptTemplate(
-        name=f"gguf:{info.architecture}:{digest}",
-        jinja=info.chat_template,
-        bos_token=bos_token,
-        eos_token=eos_token,
-        parse_special=True,
-    )
-
-
-def format_prompt(messages: Sequence[Message], template: PromptTemplate) -> str:
-    """The prompt text for a conversation; the model writes the next assistant turn."""
-    if template.jinja is None:
-        return _plain_transcript(messages)
-    return _render_jinja(messages, template)
-
-
-def _plain_transcript(messages: Sequence[Message]) -> str:
-    parts: list[str] = []
-    last = len(messages) - 1
-    for i, message in enumerate(messages):
-        role, content = message["role"], message["content"]
-        if role == "system":
-            parts.append(f"{content.strip()}\n\n")
-        elif role == "user":
-            parts.append(f"{INSTRUCTION_MARKER}\n{content.strip()}\n\n")
-        elif role == "assistant":
-            # A trailing assistant message is a prefill the model continues as is.
-            parts.append(
-                f"{RESPONSE_MARKER}\n{content.lstrip()}"
-                if i == last
-                else f"{RESPONSE_MARKER}\n{content.strip()}\n\n"
-            )
-        else:
-            raise ModelError(f"message {i + 1} has role {role!r}; expected system, user or assistant")
-    if not messages or messages[-1]["role"] != "assistant":
-        parts.append(f"{RESPONSE_MARKER}\n")
-    return "".join(parts)
-
-
-@lru_cache(maxsize=8)
-def _jinja_formatter(template: PromptTemplate) -> Jinja2ChatFormatter:
-    assert template.jinja is not None
-    return Jinja2ChatFormatter(template.jinja, eos_token=template.eos_token, bos_token=template.bos_token)
-
-
-def _render_jinja(messages: Sequence[Message], template: PromptTemplate) -> str:
-    try:
-        formatter = _jinja_formatter(template)
-    except Exception as exc:  # jinja2.TemplateSyntaxError and friends
-        raise ModelError(
-            f"the model's chat template does not compile ({exc}) — set options.chat_format = "
-            f"'{PLAIN_TRANSCRIPT}' for this model"
-        ) from exc
-    try:
-        return formatter(messages=list(messages)).prompt
-    except Exception as exc:
-        # Some templates refuse a system role ("roles must alternate"): fold it into the first user turn.
-        merged = _merge_system(messages)
-        if merged is not None:
-            try:
-                return formatter(messages=merged).prompt
-            except Exception:
-                pass
-        raise ModelError(
-            f"the model's chat template failed on this conversation ({exc}) — set options.chat_format = "
-            f"'{PLAIN_TRANSCRIPT}' for this model"
-        ) from exc
-
-
-def _merge_system(messages: Sequence[Message]) -> list[Message] | None:
-    system = [m["content"] for m in messages if m["role"] == "system"]
-    rest = [dict(m) for m in messages if m["role"] != "system"]
-    if not system or not rest or rest[0]["role"] != "user":
-        return None
-    rest[0]["content"] = "\n\n".join([*system, rest[0]["content"]])
-    return rest
-
-
-# --- accounting (shared with a future batched backend) --------------------------------
-
-
-@dataclass
-class GenerationMeter:
-    """What one generation really cost, filled in while it runs."""
-
-    prompt_tokens: int
-    started_s: float = field(default_factory=time.perf_counter)
-    prompt_tokens_evaluated: int | None = None
-    first_token_at_s: float | None = None
-    sampled: list[int] = field(default_factory=list)
-
-    def on_eval(self, n_tokens: int) -> None:
-        if self.prompt_tokens_evaluated is None:  # the first eval of a call is the prompt suffix
-            self.prompt_tokens_evaluated = n_tokens
-
-    def on_sample(self, token: int) -> None:
-        if self.first_token_at_s is None:
-            self.first_token_at_s = time.perf_counter()
-        self.sampled.append(token)
-
-    def finish(
-        self,
-        text: str,
-        finish_reason: str,
-        template: str,
-        *,
-        is_eog: bool,
-        extra: dict[str, Any] | None = None,
-    ) -> Completion:
-        """A Completion; `is_eog`: the last sampled token ended the turn (not part of the text)."""
-        ended_s = time.perf_counter()
-        completion_tokens = len(self.sampled) - (1 if is_eog and self.sampled else 0)
-        first_token_s = None if self.first_token_at_s is None else self.first_token_at_s - self.started_s
-        extra = dict(extra or {})
-        if self.first_token_at_s is not None and completion_tokens > 1:
-            extra["decode_tokens_per_s"] = round(
-                (completion_tokens - 1) / max(ended_s - self.first_token_at_s, 1e-9), 2
-            )
-        return Completion(
-            text=text,
-            finish_reason=finish_reason,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=completion_tokens,
-            generation_time_s=ended_s - self.started_s,
-            prompt_tokens_evaluated=self.prompt_tokens_evaluated,
-            first_token_s=first_token_s,
-            template=template,
-            extra=extra,
-        )
 
 
 class _Llama(Llama):
@@ -306,6 +127,7 @@ class LlamaBackend:
         self._bos = int(llm.token_bos())
         self._add_bos = bool(llm._model.add_bos_token()) and self._bos >= 0
         self._grammars: dict[str, LlamaGrammar] = {}
+        self._batch_decoder: BatchDecoder | None = None
 
     # -- protocol ---------------------------------------------------------------------
 
@@ -332,9 +154,37 @@ class LlamaBackend:
         on_done: Callable[[int, Completion], None] | None = None,
     ) -> list[Completion]:
         """Generate one turn of several conversations together (backends/llama_batch.py)."""
-        from .llama_batch import chat_batch
+        if len(conversations) != len(settings):
+            raise ModelError(f"{len(conversations)} conversations but {len(settings)} generation settings")
+        if not conversations:
+            return []
+        requests = []
+        for messages, s in zip(conversations, settings, strict=True):
+            grammar = None
+            if s.json_schema is not None:
+                built = self._grammar_for(s.json_schema)
+                grammar = (built._grammar, built._root)
+            requests.append(
+                BatchRequest(
+                    prompt=self.tokenize_prompt(messages),
+                    settings=s,
+                    stops=(*self.template.stop, *s.stop),
+                    grammar=grammar,
+                )
+            )
+        decoder = self.batch_decoder(len(requests))
+        return decoder.generate(requests, self.template.name, on_token, on_done, engine=self.engine_info)
 
-        return chat_batch(self, conversations, settings, on_token, on_done)
+    def batch_decoder(self, width: int) -> BatchDecoder:
+        """The decoder every generation runs on, (re)created when it has fewer sequences than `width`."""
+        decoder = self._batch_decoder
+        if decoder is not None and not decoder.closed and decoder.n_seq >= width:
+            return decoder
+        if decoder is not None:
+            decoder.close()
+        decoder = self._batch_decoder = BatchDecoder(self._loaded(), width, self._n_ctx)
+        log.info("%s: batch context for %d conversations of %d tokens", self.name, width, decoder.n_ctx_seq)
+        return decoder
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return len(self.tokenize_prompt(messages))
@@ -346,7 +196,7 @@ class LlamaBackend:
     def kv_cache_tokens(self) -> int:
         """Tokens the fullest KV sequence holds now (0 before the first generation)."""
         self._loaded()
-        decoder = getattr(self, "_batch_decoder", None)
+        decoder = self._batch_decoder
         if decoder is None or decoder.closed:
             return 0
         return max((len(t) for t in decoder.slot_tokens()), default=0)
@@ -354,8 +204,6 @@ class LlamaBackend:
     @property
     def engine_info(self) -> dict[str, Any]:
         """What a response's exact text depends on besides its prompt and settings (stored with it)."""
-        from .llama_batch import MAX_STEP_TOKENS, PROMPT_CHUNK_TOKENS
-
         return {
             "llama_cpp_python": llama_cpp.__version__,
             "cpu_features": cpu_features(),

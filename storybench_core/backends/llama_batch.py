@@ -15,39 +15,16 @@ How it works (llama-cpp-python's low-level API, the one `Llama` wraps):
   sequence in one call, each sampled from its own row of logits with its own
   sampler chain and seed.
 
-The reproducibility contract. llama.cpp's numbers for a position depend on
-how that position was reached: evaluating a prompt in one call or as 38 + 1
-tokens differs, and by how much differs from CPU to CPU (AVX2 and AVX-512
-kernels disagree on different cases). So the cache is only ever used where
-it is provably the same computation as a fresh one:
+The reproducibility contract (the cache is only ever used where it is
+provably the same computation as a fresh one) is kept by the slots:
+llama_slots.py. Sampling (the chain of
+`Llama.create_completion`, and JSON-schema grammars checked after sampling,
+much faster than a check of the whole vocabulary before each token):
+llama_sampling.py. The stop handling copies `Llama.create_completion` too:
+an end-of-generation token ends a turn, the first stop string cuts the text.
 
-- A prompt is always evaluated as from an empty sequence, in chunks of
-  PROMPT_CHUNK_TOKENS at fixed positions (0-63, 64-127, ...), one sequence
-  per call.
-- A cached prefix (the sequence's own, or another slot's, copied) is reused
-  only in whole chunks that were evaluated exactly that way: same tokens,
-  same chunk boundaries. Tokens generated one at a time are never reused for
-  a later prompt; they are re-evaluated in its chunks.
-- A prompt identical to the last one a slot evaluated (a second run of the
-  same first prompt, a request repeated after a stop) reuses the whole cache
-  *and the logits saved at the end of that evaluation*, so nothing is
-  re-evaluated and nothing differs.
-- Generation steps hold at most MAX_STEP_TOKENS tokens (see there).
-
-So a response depends on the model file, the llama.cpp build and CPU
-kernels, the thread count and flash-attention setting, its prompt tokens and
-its sampling settings and seed — and on nothing else: not on the batch
-width, other runs, what the cache held, a stop or a resume. `engine_info`
-(llama.py) is stored with every response so the first list can be checked.
-
-JSON schemas (the judge): the grammar is checked after sampling
-(`_grammar_checked`), much faster than a check of the whole vocabulary
-before each token.
-
-The sampler chain and the stop handling copy `Llama.create_completion`
-(top_k 40, typical_p 1, top_p, min_p 0.05, temperature, dist(seed); greedy
-at temperature 0; an end-of-generation token ends a turn; the first stop
-string cuts the text).
+`LlamaBackend.chat_batch` (llama.py) tokenizes the conversations and hands
+them to its decoder.
 
 The context is created on first use and freed with the model (it registers
 itself on the model's exit stack: llama.cpp wants contexts freed before
@@ -61,79 +38,29 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import llama_cpp
 import numpy as np
 
 from ..errors import ModelError
-from .base import BatchTokenCallback, Completion, GenerationSettings, Message
-from .llama import GenerationMeter
+from .base import BatchTokenCallback, Completion, GenerationSettings
+from .generation_meter import GenerationMeter
+from .llama_sampling import Sampling
+from .llama_slots import (
+    MAX_STEP_TOKENS,
+    PROMPT_CHUNK_TOKENS,
+    Slot,
+    balanced_parts,
+    gap_fillers,
+    longest_common_prefix,
+)
+from .reply_text import ReplyText
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-    from .llama import LlamaBackend
-
 log = logging.getLogger(__name__)
-
-# Tokens per generation call. On CPU (llama-cpp-python 0.3.36, x86 AVX-512 build, measured on the
-# bundled model) a decode call of 8 or more tokens runs matrix kernels that round differently
-# from the 1-token calls of the sequential path, and batched texts stop matching sequential
-# ones; 1 to 7 tokens match exactly. So 8 runs take two calls of 4 per step (still far fewer
-# weight passes than 8).
-MAX_STEP_TOKENS = 7
-
-# Prompts are evaluated in chunks of this many tokens at fixed positions, so that a cached
-# chunk is bitwise what a fresh evaluation computes (module docstring). 64-token chunks
-# process prompts at 0.83x the speed of 512-token ones on the bundled model (AMD EPYC,
-# AVX-512 build, 2 threads) and let a later turn reuse all but the last <64 prompt tokens.
-PROMPT_CHUNK_TOKENS = 64
-
-# Highest-scored tokens a rejected sample is re-checked among before the whole vocabulary.
-GRAMMAR_SHORTLIST = 1024
-
-# llama.cpp's llama_token_data: token id, logit, probability (12 bytes, no padding).
-_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-
-# llama-cpp-python's create_completion defaults; copied so both paths sample alike.
-TOP_K = 40
-MIN_P = 0.05
-TYPICAL_P = 1.0
-
-
-def _balanced_parts(items: list[Any], most: int) -> list[list[Any]]:
-    """items cut, in order, into the fewest parts of at most `most`, as equal as can be."""
-    if not items:
-        return []
-    n_parts = -(-len(items) // most)
-    size, extra = divmod(len(items), n_parts)
-    parts, start = [], 0
-    for k in range(n_parts):
-        end = start + size + (1 if k < extra else 0)
-        parts.append(items[start:end])
-        start = end
-    return parts
-
-
-def _longest_common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _utf8_incomplete_tail(data: bytes | bytearray) -> int:
-    """How many bytes at the end start a UTF-8 character that is not complete yet."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 == 0x80:  # continuation byte: look further back for the lead byte
-            continue
-        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
-        return back if need > back else 0
-    return 0
 
 
 @dataclass(frozen=True)
@@ -147,59 +74,22 @@ class BatchRequest:
 
 
 @dataclass
-class _Slot:
-    """One KV sequence of the batch context and what its cache holds.
-
-    `canon`: the cache's first `canon` tokens are whole prompt chunks evaluated as from an
-    empty sequence (reusable by any prompt that starts with them). `saved`: the last prompt
-    this slot evaluated and the logits at its end, valid while the cache still starts with it.
-    """
-
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)
-    canon: int = 0
-    saved: tuple[tuple[int, ...], np.ndarray] | None = None
-
-    def reusable(self, prompt: Sequence[int]) -> tuple[int, bool]:
-        """How many of prompt's tokens this cache can serve exactly, and whether with saved logits."""
-        if self.saved is not None and len(self.saved[0]) == len(prompt) and self.saved[0] == tuple(prompt):
-            return len(prompt), True
-        n = min(_longest_common_prefix(self.tokens, prompt), self.canon, len(prompt) - 1)
-        return max(n, 0) // PROMPT_CHUNK_TOKENS * PROMPT_CHUNK_TOKENS, False
-
-    def keep_only(self, n: int) -> None:
-        """Bookkeeping for a cache cut to its first n tokens."""
-        del self.tokens[n:]
-        self.canon = min(self.canon, n)
-        if self.saved is not None and len(self.saved[0]) > n:
-            self.saved = None
-
-    def forget(self) -> None:
-        self.tokens.clear()
-        self.canon, self.saved = 0, None
-
-
-@dataclass
 class _Job:
     """One conversation being generated in a `BatchDecoder.generate` call."""
 
     index: int
     prompt: list[int]
     settings: GenerationSettings
-    stops: list[bytes]
+    reply: ReplyText
     max_tokens: int
     meter: GenerationMeter
     extra: dict[str, Any]
-    slot: _Slot | None = None
+    slot: Slot | None = None
     sampler: Any = None
     grammar: Any = None  # a JSON schema's grammar sampler, checked after sampling (see _sample)
     feed: list[int] = field(default_factory=list)  # tokens to evaluate next, in order
     logits: np.ndarray | None = None  # saved logits of the whole cached prompt (nothing to evaluate)
     completion: list[int] = field(default_factory=list)
-    raw: bytearray = field(default_factory=bytearray)
-    checked_bytes: int = 0  # raw is searched for stop strings up to here
-    emitted_bytes: int = 0
-    text: bytes | None = None  # final text once finished
     finish_reason: str = ""
     is_eog: bool = False
     result: Completion | None = None
@@ -238,9 +128,9 @@ class BatchDecoder:
         self.n_batch = int(params.n_batch)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._slots = [_Slot(i) for i in range(n_seq)]
+        self._slots = [Slot(i) for i in range(n_seq)]
         self._piece_buf = ctypes.create_string_buffer(64)
-        self._candidates: np.ndarray | None = None  # the whole vocabulary, for a grammar resample
+        self.sampling = Sampling(self._vocab)
         # Freed before the model: the model's exit stack runs this when Llama.close() runs.
         llm._model._exit_stack.callback(self.close)
 
@@ -307,8 +197,8 @@ class BatchDecoder:
         try:
             self._assign_slots(jobs)
             for job in jobs:
-                job.sampler = self._make_sampler(job.settings)
-                job.grammar = self._make_grammar(requests[job.index].grammar)
+                job.sampler = self.sampling.make_chain(job.settings)
+                job.grammar = self.sampling.make_grammar(requests[job.index].grammar)
             self._run(jobs, template, results, on_token, on_done)
         finally:
             for job in jobs:
@@ -327,8 +217,8 @@ class BatchDecoder:
         max_tokens = settings.max_tokens if settings.max_tokens < room else room
         if settings.max_tokens >= room:
             extra["max_tokens_clipped_to"] = room
-        stops = [s.encode() for s in request.stops if s]
-        job = _Job(index, list(prompt), settings, stops, max_tokens, meter, extra)
+        reply = ReplyText([s.encode() for s in request.stops if s])
+        job = _Job(index, list(prompt), settings, reply, max_tokens, meter, extra)
         if not prompt or room <= 0:
             message = (
                 f"the prompt takes {len(prompt)} tokens but each batched conversation holds "
@@ -346,7 +236,7 @@ class BatchDecoder:
         for j in jobs:
             for n, s in enumerate(free):
                 keep, exact = s.reusable(j.prompt)
-                ranked.append((-keep, not exact, j.index, -_longest_common_prefix(s.tokens, j.prompt), n))
+                ranked.append((-keep, not exact, j.index, -longest_common_prefix(s.tokens, j.prompt), n))
         by_index = {j.index: j for j in jobs}
         taken: set[int] = set()
         for neg_keep, inexact, index, _lcp, n in sorted(ranked):
@@ -372,33 +262,6 @@ class BatchDecoder:
         job.extra["prompt_cache"] = (
             "whole prompt and its logits" if job.logits is not None else f"{keep} tokens"
         )
-
-    def _make_grammar(self, grammar: tuple[str, str] | None) -> Any:
-        if grammar is None:
-            return None
-        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar[0].encode(), grammar[1].encode())
-        if not sampler:
-            raise ModelError(
-                "llama.cpp rejected the grammar built from the JSON schema — simplify the schema"
-            )
-        return sampler
-
-    def _make_sampler(self, settings: GenerationSettings) -> Any:
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        if settings.temperature == 0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        else:
-            for sampler in (
-                llama_cpp.llama_sampler_init_top_k(TOP_K),
-                llama_cpp.llama_sampler_init_typical(TYPICAL_P, 1),
-                llama_cpp.llama_sampler_init_top_p(settings.top_p, 1),
-                llama_cpp.llama_sampler_init_min_p(MIN_P, 1),
-                llama_cpp.llama_sampler_init_temp(settings.temperature),
-                # The seed is a uint32 in llama.cpp.
-                llama_cpp.llama_sampler_init_dist(settings.seed & 0xFFFFFFFF),
-            ):
-                llama_cpp.llama_sampler_chain_add(chain, sampler)
-        return chain
 
     # -- the decode loop ----------------------------------------------------------------
 
@@ -435,26 +298,26 @@ class BatchDecoder:
         # MAX_STEP_TOKENS tokens per llama_decode call (more switch kernels, see there).
         while active:
             active.sort(key=lambda j: j.slot.seq_id if j.slot else 0)
-            fillers = self._fill_gaps(active)
-            entries: list[_Job | _Slot] = []
+            fillers = gap_fillers(self._slots, {j.slot.seq_id for j in active if j.slot}, self.n_ctx_seq)
+            entries: list[_Job | Slot] = []
             for job in active:
                 assert job.slot is not None
                 entries.extend(fillers.get(job.slot.seq_id, ()))
                 entries.append(job)
             active = []
-            for part in _balanced_parts(entries, MAX_STEP_TOKENS):
-                while part and isinstance(part[-1], _Slot):  # a placeholder at the edge bridges nothing
+            for part in balanced_parts(entries, MAX_STEP_TOKENS):
+                while part and isinstance(part[-1], Slot):  # a placeholder at the edge bridges nothing
                     part.pop()
-                while part and isinstance(part[0], _Slot):
+                while part and isinstance(part[0], Slot):
                     part.pop(0)
                 self._step(part, sampled)
 
-    def _step(self, part: list[_Job | _Slot], sampled: Callable[[_Job, int], None]) -> None:
+    def _step(self, part: list[_Job | Slot], sampled: Callable[[_Job, int], None]) -> None:
         """Decode one token of each job in part (placeholders in idle slots between them)."""
         jobs = [e for e in part if isinstance(e, _Job)]
         rows: dict[int, int] = {}  # job index → batch row of its logits
         for n, entry in enumerate(part):
-            if isinstance(entry, _Slot):
+            if isinstance(entry, Slot):
                 self._put(n, entry.tokens[-1] if entry.tokens else 0, len(entry.tokens), entry.seq_id, False)
             else:
                 assert entry.slot is not None
@@ -463,35 +326,13 @@ class BatchDecoder:
         self._batch.n_tokens = len(part)
         self._decode(jobs)
         for entry in part:
-            if isinstance(entry, _Slot):  # drop the placeholder: the cache holds exactly entry.tokens
+            if isinstance(entry, Slot):  # drop the placeholder: the cache holds exactly entry.tokens
                 llama_cpp.llama_memory_seq_rm(self._memory, entry.seq_id, len(entry.tokens), -1)
         for job in jobs:  # the cache holds every one of them now, whatever sampling raises
             assert job.slot is not None
             job.slot.tokens.append(job.feed.pop())
         for job in jobs:
             sampled(job, rows[job.index])
-
-    def _fill_gaps(self, active: list[_Job]) -> dict[int, list[_Slot]]:
-        """Idle slots between active ones, by the active seq id they precede.
-
-        With one KV stream per sequence, llama.cpp puts only consecutive seq ids in one
-        ubatch: generating in slots 0 and 2 would cost two passes over the weights. A
-        placeholder token in slot 1 (decoded, then removed; it changes nobody's numbers)
-        costs far less on a memory-bound CPU.
-        """
-        ids = {j.slot.seq_id for j in active if j.slot is not None}
-        fillers: dict[int, list[_Slot]] = {}
-        waiting: list[_Slot] = []
-        for slot in self._slots[min(ids) : max(ids) + 1]:
-            if slot.seq_id in ids:
-                if waiting:
-                    fillers[slot.seq_id] = waiting
-                waiting = []
-            elif len(slot.tokens) < self.n_ctx_seq:
-                waiting.append(slot)
-            else:
-                waiting = []  # no room for a placeholder: this gap stays (two passes, still correct)
-        return fillers
 
     def _put(self, n: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
         batch = self._batch
@@ -504,7 +345,7 @@ class BatchDecoder:
     def _prefill(self, job: _Job) -> int:
         """Decode a job's prompt suffix alone, in chunks at fixed positions; the batch row of its logits.
 
-        The suffix starts at a chunk boundary (`_Slot.reusable` keeps whole chunks only), so the
+        The suffix starts at a chunk boundary (`Slot.reusable` keeps whole chunks only), so the
         chunks are those a fresh evaluation of the whole prompt would decode.
         """
         assert job.slot is not None
@@ -545,7 +386,7 @@ class BatchDecoder:
         """
         assert target.slot is not None
         own = len(target.prompt) - len(target.feed) + (1 if target.logits is not None else 0)
-        best: tuple[int, bool, _Slot] | None = None
+        best: tuple[int, bool, Slot] | None = None
         for slot in self._slots:
             if slot is target.slot or not slot.tokens:
                 continue
@@ -581,84 +422,21 @@ class BatchDecoder:
     def _sample(self, job: _Job, row: int | np.ndarray, on_token: BatchTokenCallback | None) -> bool:
         """Sample the job's next token from a logits row (or saved logits); True when it is finished."""
         if isinstance(row, np.ndarray):
-            logits = row
-            # What llama_sampler_sample does with a context's row: every token, the chain, accept.
-            cand = self._all_candidates(logits)
-            token = self._apply(job.sampler, cand)
-            llama_cpp.llama_sampler_accept(job.sampler, token)
+            logits: np.ndarray | None = row
+            token = self.sampling.sample_logits(job.sampler, row)
         else:
             token = llama_cpp.llama_sampler_sample(job.sampler, self._ctx, row)
             logits = None
         if job.grammar is not None:
-            token = self._grammar_checked(job, self._logits_row(row) if logits is None else logits, token)
+            if logits is None:
+                assert not isinstance(row, np.ndarray)
+                logits = self._logits_row(row)
+            token = self.sampling.grammar_checked(job.grammar, job.sampler, job.settings, logits, token)
         job.meter.on_sample(token)
         if self._accept(job, token, on_token):
             return True
         job.feed = [token]
         return False
-
-    def _grammar_checked(self, job: _Job, logits: np.ndarray, token: int) -> int:
-        """The sampled token if the grammar allows it, else one sampled among the allowed ones.
-
-        Checking a grammar against every token of the vocabulary at every step (262k
-        for Gemma 3) is what makes constrained generation slow; a model that follows
-        the format mostly picks an allowed token anyway. So the token is sampled
-        first and checked alone; only when the grammar rejects it are the logits
-        filtered by the grammar and sampled again (as llama.cpp's own tools do).
-        """
-        one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
-        single = llama_cpp.llama_token_data_array(one, 1, -1, False)
-        llama_cpp.llama_sampler_apply(job.grammar, ctypes.byref(single))
-        if one[0].logit == float("-inf"):
-            token = self._resample_with_grammar(job, logits)
-            if token < 0:
-                raise ModelError("the grammar allows no token here — the JSON schema cannot be completed")
-        if not llama_cpp.llama_vocab_is_eog(self._vocab, token):  # an end token ends the job instead
-            llama_cpp.llama_sampler_accept(job.grammar, token)
-        return token
-
-    def _resample_with_grammar(self, job: _Job, logits: np.ndarray) -> int:
-        """Sample among the tokens the grammar allows: from the best-scored ones when that is exact.
-
-        The sampler chain keeps at most TOP_K tokens (1 when greedy), the highest-scored
-        allowed ones. If the GRAMMAR_SHORTLIST highest-scored tokens already hold that many
-        allowed tokens, no token outside them could be chosen, so the grammar is checked
-        on the shortlist only; otherwise on the whole vocabulary.
-        """
-        n_vocab = self.n_vocab
-        need = 1 if job.settings.temperature == 0 else TOP_K
-        if n_vocab > GRAMMAR_SHORTLIST:
-            ids = np.argpartition(logits, -GRAMMAR_SHORTLIST)[-GRAMMAR_SHORTLIST:]
-            short = np.zeros(GRAMMAR_SHORTLIST, dtype=_TOKEN_DATA)
-            short["id"], short["logit"] = ids, logits[ids]
-            self._apply(job.grammar, short)
-            allowed = short[np.isfinite(short["logit"])]
-            if len(allowed) >= need:
-                return self._apply(job.sampler, np.ascontiguousarray(allowed))
-        cand = self._all_candidates(logits)
-        self._apply(job.grammar, cand)
-        return self._apply(job.sampler, cand)
-
-    def _all_candidates(self, logits: np.ndarray) -> np.ndarray:
-        """The whole vocabulary as a llama_token_data array, in token order (reused buffer)."""
-        if self._candidates is None or len(self._candidates) != self.n_vocab:
-            self._candidates = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
-        cand = self._candidates
-        # All three columns, every time: the samplers sort the array in place.
-        cand["id"], cand["logit"], cand["p"] = np.arange(self.n_vocab, dtype=np.int32), logits, 0.0
-        return cand
-
-    @staticmethod
-    def _apply(sampler: Any, candidates: np.ndarray) -> int:
-        """Run a sampler on a llama_token_data array in place; the selected token, or -1."""
-        array = llama_cpp.llama_token_data_array(
-            candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), len(candidates), -1, False
-        )
-        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
-        if array.selected < 0:
-            return -1
-        # Samplers may reorder the array (it stays in place): read the id there.
-        return int(array.data[array.selected].id)
 
     def _accept(self, job: _Job, token: int, on_token: BatchTokenCallback | None) -> bool:
         """Take a sampled token; True when the job is finished (EOG, stop string, max tokens)."""
@@ -672,48 +450,20 @@ class BatchDecoder:
         if n < 0:  # piece longer than the buffer: grow it and ask again
             self._piece_buf = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, -n, 0, False)
-        job.raw += self._piece_buf.raw[:n]
-        # Like create_completion: look for stop strings only once the UTF-8 tail is complete.
-        if job.stops and not _utf8_incomplete_tail(job.raw):
-            for stop in job.stops:
-                start = max(0, job.checked_bytes - len(stop) + 1)
-                at = job.raw.find(stop, start)
-                if at >= 0:
-                    job.text, job.finish_reason = bytes(job.raw[:at]), "stop"
-                    return True
-            job.checked_bytes = len(job.raw)
+        if job.reply.add(self._piece_buf.raw[:n]):
+            job.finish_reason = "stop"
+            return True
         if len(job.completion) >= job.max_tokens:
             job.finish_reason = "length"
             return True
-        if on_token is not None:
-            self._stream(job, on_token, final=False)
+        if on_token is not None and (piece := job.reply.unsent(final=False)):
+            on_token(job.index, piece)
         return False
 
-    def _stream(self, job: _Job, on_token: BatchTokenCallback, *, final: bool) -> None:
-        """Send the text that can no longer turn out to be a stop string or half a character."""
-        data = job.text if final and job.text is not None else bytes(job.raw)
-        end = len(data)
-        if not final:
-            end -= _utf8_incomplete_tail(data)
-            held = 0
-            for stop in job.stops:
-                for k in range(min(len(stop) - 1, end), 0, -1):
-                    if data[:end].endswith(stop[:k]):
-                        held = max(held, k)
-                        break
-            end -= held
-        if end > job.emitted_bytes:
-            piece = data[job.emitted_bytes : end].decode("utf-8", errors="ignore")
-            job.emitted_bytes = end
-            if piece:
-                on_token(job.index, piece)
-
     def _finish(self, job: _Job, template: str, on_token: BatchTokenCallback | None) -> Completion:
-        if job.text is None:
-            job.text = bytes(job.raw)
-        if on_token is not None:
-            self._stream(job, on_token, final=True)
-        text = job.text.decode("utf-8", errors="ignore")
+        text = job.reply.finish()
+        if on_token is not None and (piece := job.reply.unsent(final=True)):
+            on_token(job.index, piece)
         return job.meter.finish(text, job.finish_reason, template, is_eog=job.is_eog, extra=job.extra)
 
     def _forget(self, jobs: list[_Job]) -> None:
@@ -727,46 +477,10 @@ class BatchDecoder:
 # --- the backend side -----------------------------------------------------------------
 
 
-def decoder_for(backend: LlamaBackend, width: int) -> BatchDecoder:
-    """The backend's batch decoder, (re)created when it has fewer sequences than `width`."""
-    decoder: BatchDecoder | None = getattr(backend, "_batch_decoder", None)
-    if decoder is not None and not decoder.closed and decoder.n_seq >= width:
-        return decoder
-    if decoder is not None:
-        decoder.close()
-    llm = backend._loaded()
-    decoder = BatchDecoder(llm, width, backend.context_size())
-    backend._batch_decoder = decoder  # type: ignore[attr-defined]
-    log.info("%s: batch context for %d conversations of %d tokens", backend.name, width, decoder.n_ctx_seq)
-    return decoder
+class DecoderOwner(Protocol):
+    def batch_decoder(self, width: int) -> BatchDecoder: ...
 
 
-def chat_batch(
-    backend: LlamaBackend,
-    conversations: Sequence[Sequence[Message]],
-    settings: Sequence[GenerationSettings],
-    on_token: BatchTokenCallback | None = None,
-    on_done: Callable[[int, Completion], None] | None = None,
-) -> list[Completion]:
-    """`BatchModelBackend.chat_batch` for a loaded GGUF model (see the module docstring)."""
-    if len(conversations) != len(settings):
-        raise ModelError(f"{len(conversations)} conversations but {len(settings)} generation settings")
-    if not conversations:
-        return []
-    template = backend.template
-    requests = []
-    for messages, s in zip(conversations, settings, strict=True):
-        grammar = None
-        if s.json_schema is not None:
-            built = backend._grammar_for(s.json_schema)
-            grammar = (built._grammar, built._root)
-        requests.append(
-            BatchRequest(
-                prompt=backend.tokenize_prompt(messages),
-                settings=s,
-                stops=(*template.stop, *s.stop),
-                grammar=grammar,
-            )
-        )
-    decoder = decoder_for(backend, len(requests))
-    return decoder.generate(requests, template.name, on_token, on_done, engine=backend.engine_info)
+def decoder_for(backend: DecoderOwner, width: int) -> BatchDecoder:
+    """The backend's batch decoder with room for `width` conversations (LlamaBackend.batch_decoder)."""
+    return backend.batch_decoder(width)

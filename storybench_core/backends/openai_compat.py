@@ -1,10 +1,12 @@
 """Any OpenAI-compatible chat endpoint: OpenAI, DeepInfra, OpenRouter, Ollama, LM Studio, vLLM, llama.cpp.
 
-The only module that imports `openai`. It streams chat completions, runs its
-own retry loop (429, 5xx and connection errors; exponential backoff with full
-jitter; Retry-After honoured; every bound capped) so every retry is logged and
-testable, limits concurrency and requests per minute per endpoint across the
-whole process, and translates the library's errors into ours. Which endpoint a
+With openai_endpoint.py (the client, error translation) and openai_retry.py
+(when to retry), the only modules that import `openai`. It streams chat
+completions, runs its own retry loop (429, 5xx and connection errors;
+exponential backoff with full jitter; Retry-After honoured; every bound
+capped) so every retry is logged and testable, limits concurrency and
+requests per minute per endpoint across the whole process (api_limits.py),
+and translates the library's errors into ours. Which endpoint a
 model may reach and which key it carries is endpoints.py's decision; the key
 stays in here: never in a message, a log line or a Completion.
 
@@ -26,31 +28,39 @@ import logging
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
 
 from ..config import GenerationSettingsConfig, ModelSpec
-from ..errors import (
-    ApiError,
-    ApiTimeoutError,
-    AuthError,
-    ConfigError,
-    RateLimitError,
-    StopRequested,
-    StorybenchError,
-)
-from ..redact import redact
-from .api_http import guarded_client, was_truncated
+from ..errors import ApiError, ApiTimeoutError, StopRequested, StorybenchError
+from .api_http import was_truncated
+from .api_limits import ConcurrencyGate, RateLimiter, endpoint_gate, endpoint_rate_limiter
 from .api_stream import POLL_S, WallTimeExceeded, pump
 from .base import BatchTokenCallback, Completion, GenerationSettings, Message, TokenCallback
-from .endpoints import NO_KEY, EndpointAccess, HostNotFound, api_key, checked_addresses, endpoint_access
+from .endpoints import NO_KEY, api_key, endpoint_access
+from .openai_endpoint import describe_error, map_error, open_client, server_message
+from .openai_retry import RETRY_LIMITS, RetryPolicy, parse_retry_after, retry_delay_s
+
+# Imported from here by callers and tests (this is the API model's module).
+__all__ = [
+    "NO_KEY",
+    "RETRY_LIMITS",
+    "ConcurrencyGate",
+    "OpenAIBackend",
+    "RateLimiter",
+    "RetryPolicy",
+    "approx_tokens",
+    "create_openai_backend",
+    "endpoint_gate",
+    "endpoint_rate_limiter",
+    "list_endpoint_models",
+    "map_error",
+    "parse_retry_after",
+    "resolve_api_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,298 +80,7 @@ def resolve_api_key(spec: ModelSpec) -> str:
     return api_key(endpoint_access(spec))
 
 
-# --- per-endpoint limits, shared by every backend in the process ---------------------
-
-
-class ConcurrencyGate:
-    """A counting semaphore whose size may change (the latest spec for an endpoint wins)."""
-
-    def __init__(self, limit: int) -> None:
-        self._cond = threading.Condition()
-        self.limit = limit
-        self.in_flight = 0
-
-    def set_limit(self, limit: int) -> None:
-        with self._cond:
-            self.limit = limit
-            self._cond.notify_all()
-
-    def __enter__(self) -> ConcurrencyGate:
-        with self._cond:
-            self._cond.wait_for(lambda: self.in_flight < self.limit)
-            self.in_flight += 1
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self.in_flight -= 1
-            self._cond.notify_all()
-
-
-class RateLimiter:
-    """At most `per_window` request starts in any `window_s` seconds (a sliding window)."""
-
-    def __init__(
-        self,
-        per_window: int,
-        window_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.per_window = per_window
-        self.window_s = window_s
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._starts: deque[float] = deque()
-
-    def acquire(self) -> float:
-        """Wait for a free slot and take it; returns the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                now = self._clock()
-                while self._starts and now - self._starts[0] >= self.window_s:
-                    self._starts.popleft()
-                if len(self._starts) < self.per_window:
-                    self._starts.append(now)
-                    return waited
-                delay = self._starts[0] + self.window_s - now
-            self._sleep(delay)
-            waited += delay
-
-
-_LIMITS_LOCK = threading.Lock()
-_GATES: dict[str, ConcurrencyGate] = {}
-_RATE_LIMITERS: dict[str, RateLimiter] = {}
-
-
-def endpoint_gate(base_url: str, max_concurrency: int) -> ConcurrencyGate:
-    """The process-wide concurrency gate for an endpoint, resized to max_concurrency."""
-    key = base_url.rstrip("/")
-    with _LIMITS_LOCK:
-        gate = _GATES.get(key)
-        if gate is None:
-            gate = _GATES[key] = ConcurrencyGate(max_concurrency)
-    if gate.limit != max_concurrency:
-        gate.set_limit(max_concurrency)
-    return gate
-
-
-def endpoint_rate_limiter(base_url: str, requests_per_minute: int | None) -> RateLimiter | None:
-    """The process-wide requests-per-minute limiter for an endpoint (None: unlimited)."""
-    if not requests_per_minute:
-        return None
-    key = base_url.rstrip("/")
-    with _LIMITS_LOCK:
-        limiter = _RATE_LIMITERS.get(key)
-        if limiter is None:
-            limiter = _RATE_LIMITERS[key] = RateLimiter(requests_per_minute)
-        limiter.per_window = requests_per_minute
-    return limiter
-
-
-# --- retries ----------------------------------------------------------------------
-
-
-# The most a config may ask for: retries are bounded whatever the options say.
-RETRY_LIMITS: dict[str, float] = {
-    "max_retries": 10,
-    "backoff_base_s": 60.0,
-    "backoff_max_s": 300.0,
-    "max_retry_after_s": 600.0,
-}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to wait before trying a failed request again."""
-
-    max_retries: int = 5
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
-    # A Retry-After longer than this is not waited for: the error is raised at once.
-    max_retry_after_s: float = 300.0
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> RetryPolicy:
-        """The policy a model's options ask for, each bound clipped to RETRY_LIMITS."""
-        names = ("max_retries", "backoff_base_s", "backoff_max_s", "max_retry_after_s")
-        try:
-            asked = {n: type(getattr(cls, n))(options[n]) for n in names if n in options}
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ConfigError(f"model options: {', '.join(names)} must be numbers ({exc})") from None
-        if any(not 0 <= v < float("inf") for v in asked.values()):
-            raise ConfigError(f"model options: {', '.join(names)} must be finite and not negative")
-        return cls(**{n: min(v, RETRY_LIMITS[n]) for n, v in asked.items()})  # type: ignore[arg-type]
-
-    def backoff_s(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        """Full jitter: uniform in [0, min(max, base · 2^attempt)]."""
-        return rng() * min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
-
-
-def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
-    """Seconds a server asked us to wait: retry-after-ms, or Retry-After as seconds or an HTTP date."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(float(millis) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
-
-
-def retry_delay_s(
-    exc: Exception, attempt: int, policy: RetryPolicy, rng: Callable[[], float]
-) -> float | None:
-    """How long to wait before retry number attempt+1, or None when the error is final.
-
-    429, 408, 5xx and refused/dropped connections are retried. A timeout is not: a
-    server that stayed silent for timeout_s rarely answers the same request faster,
-    and retrying would multiply the wait.
-    """
-    if attempt >= policy.max_retries or isinstance(exc, openai.APITimeoutError):
-        return None
-    if isinstance(exc, openai.APIConnectionError):
-        return policy.backoff_s(attempt, rng)
-    if isinstance(exc, openai.APIStatusError) and (exc.status_code in (408, 429) or exc.status_code >= 500):
-        after = parse_retry_after(exc.response.headers)
-        if after is None:
-            return policy.backoff_s(attempt, rng)
-        return after if after <= policy.max_retry_after_s else None
-    return None
-
-
-# --- error translation ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Endpoint:
-    """What an error message may name about an endpoint (never the key itself)."""
-
-    name: str
-    base_url: str
-    model: str
-    key_env: str | None
-    key: str
-    timeout_s: float
-    hint: str = ""
-
-    def mask(self, text: str) -> str:
-        return redact(text, extra=[self.key] if self.key != NO_KEY else None)
-
-
-def _endpoint_for(spec: ModelSpec, access: EndpointAccess, key: str) -> _Endpoint:
-    return _Endpoint(
-        name=spec.display_name,
-        base_url=access.base_url,
-        model=spec.api_model or "",
-        key_env=access.key_env,
-        key=key,
-        timeout_s=spec.timeout_s,
-        hint=access.hint,
-    )
-
-
-def _server_message(exc: openai.APIError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        text = body.get("message") or body.get("error") or body.get("detail") or body
-    else:
-        text = body or exc.message
-    text = str(text).strip()
-    return text if len(text) <= 300 else text[:300] + "…"
-
-
-def map_error(
-    exc: openai.OpenAIError, ep: _Endpoint, *, attempts: int = 1, listing: bool = False
-) -> ApiError:
-    """Our error for an openai library error, with a message saying what to do."""
-    tried = f" after {attempts} attempts" if attempts > 1 else ""
-    who = f"model '{ep.name}'"
-    if isinstance(exc, openai.APITimeoutError):
-        return ApiTimeoutError(
-            f"{who}: no answer from {ep.base_url} within {ep.timeout_s:g} s; "
-            "check the server, or raise the model's timeout_s"
-        )
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc.__context__
-        detail = f"{type(cause).__name__}: {cause}" if cause else exc.message
-        hint = f" ({ep.hint})" if ep.hint else ""
-        return ApiError(
-            ep.mask(f"{who}: cannot connect to {ep.base_url}{tried} ({detail}); is the server running{hint}?")
-        )
-    if not isinstance(exc, openai.APIStatusError):
-        return ApiError(ep.mask(f"{who}: {ep.base_url} failed{tried}: {exc}"))
-    code = exc.status_code
-    said = f"HTTP {code}: {_server_message(exc)}"
-    if code in (401, 403):
-        if ep.key == NO_KEY:
-            msg = (
-                f"{who}: {ep.base_url} wants an API key ({said}); set the model's api_key_env to the "
-                "name of the environment variable that holds it"
-            )
-        else:
-            msg = f"{who}: the API key from ${ep.key_env} was refused by {ep.base_url} ({said}); check it"
-        return AuthError(ep.mask(msg))
-    if code == 404:
-        if listing:
-            msg = f"{who}: {ep.base_url}/models does not exist ({said}); check base_url (usually ends in /v1)"
-        else:
-            msg = (
-                f"{who}: model '{ep.model}' not found at {ep.base_url} ({said}); see the models it serves "
-                f"with GET {ep.base_url}/models (the model picker on the Configure page lists them), "
-                "and check base_url (most servers end in /v1)"
-            )
-        return ApiError(ep.mask(msg))
-    if code == 429:
-        return RateLimitError(
-            ep.mask(
-                f"{who}: {ep.base_url} is still rate-limiting{tried} ({said}); lower max_concurrency or set "
-                "requests_per_minute for this model, or try again later"
-            )
-        )
-    if code >= 500:
-        return ApiError(ep.mask(f"{who}: {ep.base_url} had a server error{tried} ({said}); try again later"))
-    return ApiError(ep.mask(f"{who}: {ep.base_url} refused the request ({said})"))
-
-
 # --- the backend ------------------------------------------------------------------
-
-
-def _make_client(access: EndpointAccess, key: str, timeout_s: float) -> openai.OpenAI:
-    # max_retries=0: the retry loop is ours, so it is logged and honours our policy.
-    return openai.OpenAI(
-        api_key=key,
-        base_url=access.base_url,
-        timeout=timeout_s,
-        max_retries=0,
-        http_client=guarded_client(access, timeout_s),
-    )
-
-
-def _open_client(spec: ModelSpec) -> tuple[openai.OpenAI, _Endpoint]:
-    """The client for spec's endpoint, once its binding and its addresses are checked (fails fast)."""
-    access = endpoint_access(spec)
-    key = api_key(access)
-    try:
-        checked_addresses(access.base_url, access)  # a refused address fails here, never retried
-    except HostNotFound:
-        pass  # maybe later: the transport resolves and checks again for every request
-    return _make_client(access, key, spec.timeout_s), _endpoint_for(spec, access, key)
 
 
 def approx_tokens(messages: Sequence[Message]) -> int:
@@ -398,7 +117,7 @@ class OpenAIBackend:
         self._sleep = sleep
         self._rng = rng
         self._n_ctx = int(spec.options.get("n_ctx") or (generation.n_ctx if generation else 4096))
-        self._client, self._endpoint = _open_client(spec)
+        self._client, self._endpoint = open_client(spec)
         self._gate = endpoint_gate(self.base_url, spec.max_concurrency)
         self._rate = endpoint_rate_limiter(self.base_url, spec.requests_per_minute)
         # Request features, downgraded once when the server rejects them.
@@ -435,7 +154,7 @@ class OpenAIBackend:
                 log.warning(
                     "%s: %s from %s; retry %d of %d in %.2f s",
                     self.name,
-                    _describe(exc),
+                    describe_error(exc),
                     self.base_url,
                     attempt + 1,
                     self.retry.max_retries,
@@ -693,7 +412,7 @@ class OpenAIBackend:
         """Drop or change a request feature the server rejected (400/422); True to resend at once."""
         if exc.status_code not in (400, 422):
             return False
-        said = _server_message(exc).lower()
+        said = server_message(exc).lower()
         if self._stream_options and "stream_options" in said:
             self._stream_options = False
             log.info("%s: %s rejects stream_options; token usage will be estimated", self.name, self.base_url)
@@ -736,12 +455,6 @@ def _clip_utf8(text: str, budget: int) -> str:
     return text.encode("utf-8")[: max(budget, 0)].decode("utf-8", errors="ignore")
 
 
-def _describe(exc: openai.OpenAIError) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}"
-    return type(exc).__name__
-
-
 def create_openai_backend(spec: ModelSpec, generation: GenerationSettingsConfig) -> OpenAIBackend:
     """Registry factory for kind='api'."""
     return OpenAIBackend(spec, generation)
@@ -753,7 +466,7 @@ def list_endpoint_models(spec: ModelSpec, *, retry: RetryPolicy | None = None) -
         raise ApiError(f"model '{spec.display_name}': base_url is not set")
     policy = retry or RetryPolicy.from_options(spec.options)
     base_url = spec.base_url.rstrip("/")
-    client, endpoint = _open_client(spec)
+    client, endpoint = open_client(spec)
     try:
         attempt = 0
         while True:
@@ -763,7 +476,7 @@ def list_endpoint_models(spec: ModelSpec, *, retry: RetryPolicy | None = None) -
                 delay = retry_delay_s(exc, attempt, policy, random.random)
                 if delay is None:
                     raise map_error(exc, endpoint, attempts=attempt + 1, listing=True) from exc
-                log.warning("listing models at %s: %s; retry in %.2f s", base_url, _describe(exc), delay)
+                log.warning("listing models at %s: %s; retry in %.2f s", base_url, describe_error(exc), delay)
                 time.sleep(delay)
                 attempt += 1
     finally:

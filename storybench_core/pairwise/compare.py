@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..config import GenerationSettingsConfig, JudgeConfig, ModelSpec
-from ..errors import JudgeError, StorybenchError
+from ..errors import DuplicateError, JudgeError
+from ..jobqueue import evaluation_config, get_evaluation
 from ..judge import judge_width
 from ..ratings import fit_ratings, intervals_overlap
+from ..records import VerdictRecord
 from ..runner import ModelPool
+from ..stopping import stop_check
 from ..store.base import Doc, Store
 from .family import same_family_warnings
 from .judging import judge_pair, judge_pair_orders
@@ -166,8 +169,6 @@ def compare_judge_evaluation(
     Pairs this judge already judged are reused, so a second pass continues.
     The judge defaults to the (first) evaluation's configured judge.
     """
-    from ..jobs import evaluation_config, get_evaluation
-
     ids = [evaluation_id] if isinstance(evaluation_id, str) else list(evaluation_id)
     configs = [evaluation_config(get_evaluation(store, eid)) for eid in ids]
     cfg = cfg or configs[0].judge
@@ -209,7 +210,8 @@ def compare_judge_evaluation(
     pool = pool or ModelPool()
     try:
         emit("info", f"pairwise judge {judge_name}: {len(pairs)} candidate pairs, budget {budget} calls")
-        backend, _fresh = pool.get(spec, generation)
+        with stop_check(stop):  # Stop works during the load too
+            backend, _fresh = pool.get(spec, generation)
         use_batch = judge_width(backend, generation, 1)[0] > 1
         failures_in_a_row = 0
         while True:
@@ -272,12 +274,11 @@ def compare_judge_evaluation(
 
 def _store_verdict(store: Store, verdict: Doc) -> bool:
     """Add a verdict; False when the same key appeared meanwhile (another process judged it)."""
+    VerdictRecord.model_validate(verdict)  # a malformed verdict is a bug: refuse it before it is stored
     try:
         store.add_verdict(verdict)
-    except StorybenchError as exc:
-        if "already exists" in str(exc):
-            return False
-        raise
+    except DuplicateError:
+        return False
     return True
 
 

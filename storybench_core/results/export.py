@@ -98,7 +98,7 @@ def markdown_report(store: Store, evaluation_id: str, *, n_samples: int = 2) -> 
     from ..jobs import get_evaluation
 
     evaluation = get_evaluation(store, evaluation_id)
-    df = responses_frame(store, evaluation_id, include_text=True)
+    df = responses_frame(store, evaluation_id)  # no texts: only the few excerpts below are read
     board = leaderboard(df)
     lines = [
         f"# Storybench report: {evaluation.get('name')}",
@@ -136,16 +136,16 @@ def markdown_report(store: Store, evaluation_id: str, *, n_samples: int = 2) -> 
     per = per_response(df)
     scored = per[per["overall"].notna()].sort_values("overall", ascending=False)
     if not scored.empty:
-        texts = df.drop_duplicates("response_id").set_index("response_id")["response"]
         lines += ["", "## Best and worst responses", ""]
         picks = [("Best", scored.head(n_samples)), ("Worst", scored.tail(n_samples).iloc[::-1])]
         for label, rows in picks:
             for rid, row in rows.iterrows():
+                doc = store.get_response(str(rid)) or {}
                 lines += [
                     f"### {label}: {row['model_name']} · {row['sequence']} · run {int(row['run'])} · "
                     f"prompt {int(row['prompt_index']) + 1} — overall {row['overall']:.2f}",
                     "",
-                    "> " + _excerpt(str(texts.get(rid, ""))),
+                    "> " + _excerpt(str(doc.get("response") or "")),
                     "",
                 ]
     return "\n".join(lines).rstrip() + "\n"

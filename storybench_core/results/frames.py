@@ -120,16 +120,30 @@ _CATEGORICAL = {"evaluation_id", "model_name", "sequence", "prompt_name", "finis
                 "rubric_hash", "structured_output"}  # fmt: skip
 
 
+def _object_table(rows: list[tuple[Any, ...]], width: int) -> np.ndarray:
+    """Rows as one 2-D object array (numpy transposes in C, several times faster than per-column lists)."""
+    try:
+        table = np.array(rows, dtype=object)
+    except ValueError:  # a value that is itself a sequence of another length
+        table = None
+    if table is None or table.shape != (len(rows), width):
+        table = np.empty((len(rows), width), dtype=object)
+        for i, row in enumerate(rows):
+            for j in range(width):
+                table[i, j] = row[j]
+    return table
+
+
 def _columns_frame(rows: list[tuple[Any, ...]], names: list[str]) -> pd.DataFrame:
     """Rows → frame column by column (much faster than from_records); few-valued text as categories."""
     if not rows:
         return pd.DataFrame({n: pd.Series(dtype=float if n in _NUMERIC else object) for n in names})
+    table = _object_table(rows, len(names))
     data: dict[str, Any] = {}
     for i, name in enumerate(names):
-        values = np.array(
-            [row[i] for row in rows],
-            dtype=float if name in _NUMERIC or name.startswith(SCORE_PREFIX) else object,
-        )
+        values = table[:, i]
+        if name in _NUMERIC or name.startswith(SCORE_PREFIX):
+            values = values.astype(float)  # None → NaN
         if name in _CATEGORICAL:
             codes, uniques = pd.factorize(values)
             data[name] = pd.Categorical.from_codes(codes, uniques)

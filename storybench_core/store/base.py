@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, get_args, runtime_checkable
 
+from storybench_core.records import ActiveStatus, EvaluationStatus
 from storybench_core.store.unreadable import UnreadableRow
 
 Doc = dict[str, Any]
@@ -27,8 +28,10 @@ JUDGEMENT_SCORE_FIELDS = (
     "response_id", "judge_model", "attempt", "rubric_hash", "overall", "error", "retries", "structured_output",
 )  # fmt: skip
 
-EVALUATION_STATUSES = ("queued", "running", "stopping", "stopped", "completed", "failed")
-ACTIVE_STATUSES = ("queued", "running", "stopping")
+# The status sets are the Literal types of records.py (EvaluationStatus, ActiveStatus).
+EVALUATION_STATUSES: tuple[EvaluationStatus, ...] = get_args(EvaluationStatus)
+ACTIVE_STATUSES: tuple[ActiveStatus, ...] = get_args(ActiveStatus)
+JOB_KINDS = ("judge", "pairwise")
 # Fields a brief evaluation document leaves out: the config can be large, and every viewer's
 # sidebar and Run page poll the listing every few seconds.
 HEAVY_EVALUATION_FIELDS = ("config",)
@@ -125,7 +128,44 @@ class Store(Protocol):
         ...
 
     def delete_evaluation(self, evaluation_id: str) -> None:
-        """Remove the evaluation and everything attached to it."""
+        """Remove the evaluation and everything attached to it (its jobs too)."""
+        ...
+
+    # --- jobs other than runs (judging, pairwise comparison) ------------------
+    # The same status machine and lease as evaluations (JOB_STATUSES), claimed by the same worker.
+
+    def create_job(self, doc: Doc) -> str:
+        """Insert a queued job (kind, evaluation_id, params, queued_by...); returns its id."""
+        ...
+
+    def get_job(self, job_id: str) -> Doc | None: ...
+
+    def list_jobs(
+        self,
+        *,
+        evaluation_id: str | None = None,
+        statuses: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        """Newest first."""
+        ...
+
+    def update_job(self, job_id: str, fields: Doc, *, lease: Lease | None = None) -> bool:
+        """As update_evaluation, for a job."""
+        ...
+
+    def transition_job(
+        self, job_id: str, from_statuses: Iterable[str], fields: Doc, *, lease: Lease | None = None
+    ) -> bool:
+        """As transition_evaluation, for a job."""
+        ...
+
+    def claim_next_job(self, worker_id: str, *, job_id: str | None = None) -> Doc | None:
+        """As claim_next_evaluation, for the oldest queued job (or the given one)."""
+        ...
+
+    def heartbeat_job(self, job_id: str, lease: Lease) -> bool:
+        """As heartbeat, for a job."""
         ...
 
     # --- responses ----------------------------------------------------------

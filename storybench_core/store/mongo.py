@@ -68,6 +68,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
     "audit": [([("ts", DESCENDING)], False),
               ([("actor", ASCENDING), ("ts", DESCENDING)], False),
               ([("action", ASCENDING), ("ts", DESCENDING)], False)],
+    "jobs": [([("status", ASCENDING), ("created_at", ASCENDING)], False),
+             ([("evaluation_id", ASCENDING), ("created_at", DESCENDING)], False)],
 }  # fmt: skip
 
 RESPONSE_ORDER = [("evaluation_id", 1), ("model_name", 1), ("sequence", 1), ("run", 1), ("prompt_index", 1)]
@@ -325,27 +327,31 @@ class MongoStore:
         return query
 
     def update_evaluation(self, evaluation_id: str, fields: Doc, *, lease: Lease | None = None) -> bool:
-        changed = self._set_evaluation(evaluation_id, self._guarded(evaluation_id, None, lease), fields)
+        return self._update("evaluations", evaluation_id, fields, lease)
+
+    def _update(self, collection: str, row_id: str, fields: Doc, lease: Lease | None) -> bool:
+        changed = self._set_fields(collection, row_id, self._guarded(row_id, None, lease), fields)
         if not changed and lease is None:
-            raise StoreError(f"evaluation {evaluation_id} not found in MongoDB (was it deleted?)")
+            raise StoreError(f"{collection[:-1]} {row_id} not found in MongoDB (was it deleted?)")
         return changed
 
     def transition_evaluation(
         self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc, *, lease: Lease | None = None
     ) -> bool:
-        return self._set_evaluation(evaluation_id, self._guarded(evaluation_id, from_statuses, lease), fields)
+        query = self._guarded(evaluation_id, from_statuses, lease)
+        return self._set_fields("evaluations", evaluation_id, query, fields)
 
-    def _set_evaluation(self, evaluation_id: str, query: Doc, fields: Doc) -> bool:
+    def _set_fields(self, collection: str, row_id: str, query: Doc, fields: Doc) -> bool:
         fields = _clean(fields)
-        if fields.pop("id", evaluation_id) != evaluation_id:
-            raise StoreError(f"cannot change the id of evaluation {evaluation_id}")
+        if fields.pop("id", row_id) != row_id:
+            raise StoreError(f"cannot change the id of {collection[:-1]} {row_id}")
         if not fields:
-            return (
-                self._call("find evaluation", lambda: self._db.evaluations.count_documents(query, limit=1))
-                > 0
+            found = self._call(
+                f"find {collection}", lambda: self._db[collection].count_documents(query, limit=1)
             )
+            return found > 0
         result = self._call(
-            "update evaluation", lambda: self._db.evaluations.update_one(query, {"$set": fields})
+            f"update {collection}", lambda: self._db[collection].update_one(query, {"$set": fields})
         )
         return result.matched_count > 0
 
@@ -357,20 +363,24 @@ class MongoStore:
         return utc(local) if isinstance(local, datetime) else _now()
 
     def heartbeat(self, evaluation_id: str, lease: Lease) -> bool:
-        query = self._guarded(evaluation_id, ["running", "stopping"], lease)
+        return self._heartbeat("evaluations", evaluation_id, lease)
+
+    def _heartbeat(self, collection: str, row_id: str, lease: Lease) -> bool:
+        query = self._guarded(row_id, ["running", "stopping"], lease)
         result = self._call(
             "heartbeat",
-            lambda: self._db.evaluations.update_one(query, {"$currentDate": {"heartbeat_at": True}}),
+            lambda: self._db[collection].update_one(query, {"$currentDate": {"heartbeat_at": True}}),
         )
         return result.matched_count > 0
 
     def claim_next_evaluation(self, worker_id: str, *, evaluation_id: str | None = None) -> Doc | None:
-        query: Doc = (
-            {"status": "queued"} if evaluation_id is None else {"status": "queued", "_id": evaluation_id}
-        )
+        return self._claim("evaluations", worker_id, evaluation_id)
+
+    def _claim(self, collection: str, worker_id: str, row_id: str | None) -> Doc | None:
+        query: Doc = {"status": "queued"} if row_id is None else {"status": "queued", "_id": row_id}
         claimed = self._call(
-            "claim evaluation",
-            lambda: self._db.evaluations.find_one_and_update(
+            f"claim {collection[:-1]}",
+            lambda: self._db[collection].find_one_and_update(
                 query,
                 {
                     "$set": {"status": "running", "worker_id": worker_id},
@@ -387,13 +397,55 @@ class MongoStore:
             # Only this worker owns it now, so a second step is safe; a requeued job keeps its start.
             start = claimed.get("heartbeat_at") or _now()
             self._call(
-                "claim evaluation",
-                lambda: self._db.evaluations.update_one(
+                f"claim {collection[:-1]}",
+                lambda: self._db[collection].update_one(
                     {"_id": claimed["_id"], "started_at": None}, {"$set": {"started_at": start}}
                 ),
             )
             claimed["started_at"] = start
-        return self._doc("evaluations", claimed)
+        return self._doc(collection, claimed)
+
+    # --- jobs other than runs ----------------------------------------------
+
+    def create_job(self, doc: Doc) -> str:
+        doc = {**doc, "id": doc.get("id") or _new_id()}
+        doc.setdefault("created_at", _now())
+        doc.setdefault("status", "queued")
+        try:
+            self._call("create job", lambda: self._db.jobs.insert_one(_to_mongo(doc)))
+        except DuplicateKeyError as exc:
+            raise StoreError(f"a job with id {doc['id']} already exists") from exc
+        return doc["id"]
+
+    def get_job(self, job_id: str) -> Doc | None:
+        found = self._find("jobs", {"_id": job_id}, [("_id", 1)], one=True)
+        return found[0] if found else None
+
+    def list_jobs(
+        self,
+        *,
+        evaluation_id: str | None = None,
+        statuses: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        query = self._filters(evaluation_id=evaluation_id)
+        if statuses is not None:
+            query["status"] = {"$in": list(statuses)}
+        return self._find("jobs", query, [("created_at", -1), ("_id", -1)], limit)
+
+    def update_job(self, job_id: str, fields: Doc, *, lease: Lease | None = None) -> bool:
+        return self._update("jobs", job_id, fields, lease)
+
+    def transition_job(
+        self, job_id: str, from_statuses: Iterable[str], fields: Doc, *, lease: Lease | None = None
+    ) -> bool:
+        return self._set_fields("jobs", job_id, self._guarded(job_id, from_statuses, lease), fields)
+
+    def claim_next_job(self, worker_id: str, *, job_id: str | None = None) -> Doc | None:
+        return self._claim("jobs", worker_id, job_id)
+
+    def heartbeat_job(self, job_id: str, lease: Lease) -> bool:
+        return self._heartbeat("jobs", job_id, lease)
 
     def delete_evaluation(self, evaluation_id: str) -> None:
         ids = [
@@ -409,7 +461,7 @@ class MongoStore:
                 "delete judgements",
                 lambda b=batch: self._db.judgements.delete_many({"response_id": {"$in": b}}),
             )
-        for name in ("judgements", "responses", "events", "verdicts", "votes"):
+        for name in ("judgements", "responses", "events", "verdicts", "votes", "jobs"):
             self._call(
                 f"delete {name}", lambda n=name: self._db[n].delete_many({"evaluation_id": evaluation_id})
             )

@@ -70,6 +70,11 @@ COLUMNS: dict[str, dict[str, str]] = {
         "id": "text", "ts": "dt", "actor": "text", "actor_name": "text", "role": "text",
         "source": "text", "action": "text", "target": "text", "details": "json",
     },
+    "jobs": {
+        "id": "text", "kind": "text", "evaluation_id": "text", "label": "text", "params": "json",
+        "status": "text", "created_at": "dt", "started_at": "dt", "finished_at": "dt",
+        "worker_id": "text", "heartbeat_at": "dt", "lease": "int", "error": "text", "queued_by": "text",
+    },
 }  # fmt: skip
 
 # Columns a later migration adds with ALTER TABLE, so the CREATE TABLE of migration 1 leaves them out
@@ -157,6 +162,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "job leases",
         # Incremented by every claim: a worker's writes match only while its epoch is current.
         ["ALTER TABLE evaluations ADD COLUMN lease INTEGER"],
+    ),
+    (
+        6,
+        "jobs other than runs (judging, pairwise comparison)",
+        [
+            _create_table("jobs", "PRIMARY KEY (id)"),
+            "CREATE INDEX jobs_status_created ON jobs (status, created_at)",
+            "CREATE INDEX jobs_evaluation ON jobs (evaluation_id, created_at)",
+        ],
     ),
 ]
 
@@ -445,7 +459,9 @@ class SQLiteStore:
             try:
                 self._insert(conn, "evaluations", doc)
             except sqlite3.IntegrityError as exc:
-                raise DuplicateError(f"an evaluation with id {doc['id']} already exists in {self.path}") from exc
+                raise DuplicateError(
+                    f"an evaluation with id {doc['id']} already exists in {self.path}"
+                ) from exc
         return doc["id"]
 
     def get_evaluation(self, evaluation_id: str, *, brief: bool = False) -> Doc | None:
@@ -471,15 +487,20 @@ class SQLiteStore:
             return "*"
         return ", ".join([c for c in COLUMNS["evaluations"] if c not in HEAVY_EVALUATION_FIELDS] + ["extra"])
 
-    def _set_evaluation(
-        self, evaluation_id: str, fields: Doc, from_statuses: list[str] | None, lease: Lease | None
+    def _set_fields(
+        self,
+        table: str,
+        evaluation_id: str,
+        fields: Doc,
+        from_statuses: list[str] | None,
+        lease: Lease | None,
     ) -> bool:
         """One UPDATE of just the given fields (known columns directly, others inside `extra` with
         json_set), guarded by status and lease: a progress write never rewrites the config."""
         fields = redact_doc(fields)  # the write boundary: no known secret reaches the file
         if fields.pop("id", evaluation_id) != evaluation_id:
-            raise StoreError(f"cannot change the id of evaluation {evaluation_id}")
-        cols = COLUMNS["evaluations"]
+            raise StoreError(f"cannot change the id of {table[:-1]} {evaluation_id}")
+        cols = COLUMNS[table]
         sets: list[str] = []
         params: list[Any] = []
         extra_args: list[Any] = []
@@ -506,65 +527,118 @@ class SQLiteStore:
             wparams += [lease.owner, lease.epoch]
         with self._tx() as conn:
             if sets:
-                sql = f"UPDATE evaluations SET {', '.join(sets)} WHERE {' AND '.join(where)}"
+                sql = f"UPDATE {table} SET {', '.join(sets)} WHERE {' AND '.join(where)}"
                 changed = conn.execute(sql, params + wparams).rowcount > 0
             else:
-                sql = f"SELECT 1 FROM evaluations WHERE {' AND '.join(where)}"
+                sql = f"SELECT 1 FROM {table} WHERE {' AND '.join(where)}"
                 changed = conn.execute(sql, wparams).fetchone() is not None
         if not changed and from_statuses is None and lease is None:
-            raise StoreError(f"evaluation {evaluation_id} not found in {self.path} (was it deleted?)")
+            raise StoreError(f"{table[:-1]} {evaluation_id} not found in {self.path} (was it deleted?)")
         return changed
 
     def update_evaluation(self, evaluation_id: str, fields: Doc, *, lease: Lease | None = None) -> bool:
-        return self._set_evaluation(evaluation_id, fields, None, lease)
+        return self._set_fields("evaluations", evaluation_id, fields, None, lease)
 
     def transition_evaluation(
         self, evaluation_id: str, from_statuses: Iterable[str], fields: Doc, *, lease: Lease | None = None
     ) -> bool:
-        return self._set_evaluation(evaluation_id, fields, list(from_statuses), lease)
+        return self._set_fields("evaluations", evaluation_id, fields, list(from_statuses), lease)
 
     def clock(self) -> datetime:
         # One file is one machine's: every process sharing it reads this host's clock.
         return _now()
 
     def heartbeat(self, evaluation_id: str, lease: Lease) -> bool:
+        return self._heartbeat("evaluations", evaluation_id, lease)
+
+    def _heartbeat(self, table: str, row_id: str, lease: Lease) -> bool:
         with self._tx() as conn:
             cursor = conn.execute(
-                "UPDATE evaluations SET heartbeat_at = ? WHERE id = ? AND COALESCE(worker_id, '') = ? "
+                f"UPDATE {table} SET heartbeat_at = ? WHERE id = ? AND COALESCE(worker_id, '') = ? "
                 "AND COALESCE(lease, 0) = ? AND status IN ('running', 'stopping')",
-                (_dt_text(self.clock()), evaluation_id, lease.owner, lease.epoch),
+                (_dt_text(self.clock()), row_id, lease.owner, lease.epoch),
             )
             return cursor.rowcount > 0
 
     def claim_next_evaluation(self, worker_id: str, *, evaluation_id: str | None = None) -> Doc | None:
+        return self._claim("evaluations", worker_id, evaluation_id)
+
+    def _claim(self, table: str, worker_id: str, row_id: str | None) -> Doc | None:
         stamp = _dt_text(self.clock())
         with self._tx() as conn:
-            if evaluation_id is None:
+            if row_id is None:
                 row = conn.execute(
-                    "SELECT id FROM evaluations WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
+                    f"SELECT id FROM {table} WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
                 ).fetchone()
             else:
                 row = conn.execute(
-                    "SELECT id FROM evaluations WHERE status = 'queued' AND id = ?", (evaluation_id,)
+                    f"SELECT id FROM {table} WHERE status = 'queued' AND id = ?", (row_id,)
                 ).fetchone()
             if row is None:
                 return None
             conn.execute(
-                "UPDATE evaluations SET status = 'running', worker_id = ?, heartbeat_at = ?, "
+                f"UPDATE {table} SET status = 'running', worker_id = ?, heartbeat_at = ?, "
                 "lease = COALESCE(lease, 0) + 1, started_at = COALESCE(started_at, ?) WHERE id = ?",
                 (worker_id, stamp, stamp, row["id"]),
             )
-            claimed = conn.execute("SELECT * FROM evaluations WHERE id = ?", (row["id"],)).fetchone()
+            claimed = conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row["id"],)).fetchone()
             try:
-                return _to_doc("evaluations", claimed)
+                return _to_doc(table, claimed)
             except (ValueError, TypeError, KeyError) as exc:
                 # A damaged queued row must not wedge the queue: fail it, the next poll claims the next.
-                bad = self._unreadable.add("evaluations", row["id"], exc)
+                bad = self._unreadable.add(table, row["id"], exc)
                 conn.execute(
-                    "UPDATE evaluations SET status = 'failed', worker_id = NULL, error = ? WHERE id = ?",
-                    (f"the stored evaluation cannot be decoded ({bad.reason})", row["id"]),
+                    f"UPDATE {table} SET status = 'failed', worker_id = NULL, error = ? WHERE id = ?",
+                    (f"the stored {table[:-1]} cannot be decoded ({bad.reason})", row["id"]),
                 )
                 return None
+
+    # --- jobs other than runs ----------------------------------------------
+
+    def create_job(self, doc: Doc) -> str:
+        doc = {**doc, "id": doc.get("id") or _new_id()}
+        doc.setdefault("created_at", _now())
+        doc.setdefault("status", "queued")
+        with self._tx() as conn:
+            try:
+                self._insert(conn, "jobs", doc)
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"a job with id {doc['id']} already exists in {self.path}") from exc
+        return doc["id"]
+
+    def get_job(self, job_id: str) -> Doc | None:
+        found = self._select("jobs", "id = ?", [job_id], one=True)
+        return found[0] if found else None
+
+    def list_jobs(
+        self,
+        *,
+        evaluation_id: str | None = None,
+        statuses: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        where, params = self._where({"evaluation_id": evaluation_id})
+        if statuses is not None:
+            wanted = list(statuses)
+            clause = f"status IN ({', '.join('?' * len(wanted))})" if wanted else "0"
+            where = f"{where} AND {clause}" if where else clause
+            params += wanted
+        tail = " ORDER BY created_at DESC, id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return self._select("jobs", where, params, tail)
+
+    def update_job(self, job_id: str, fields: Doc, *, lease: Lease | None = None) -> bool:
+        return self._set_fields("jobs", job_id, fields, None, lease)
+
+    def transition_job(
+        self, job_id: str, from_statuses: Iterable[str], fields: Doc, *, lease: Lease | None = None
+    ) -> bool:
+        return self._set_fields("jobs", job_id, fields, list(from_statuses), lease)
+
+    def claim_next_job(self, worker_id: str, *, job_id: str | None = None) -> Doc | None:
+        return self._claim("jobs", worker_id, job_id)
+
+    def heartbeat_job(self, job_id: str, lease: Lease) -> bool:
+        return self._heartbeat("jobs", job_id, lease)
 
     def delete_evaluation(self, evaluation_id: str) -> None:
         with self._tx() as conn:
@@ -573,7 +647,7 @@ class SQLiteStore:
                 "(SELECT id FROM responses WHERE evaluation_id = ?)",
                 (evaluation_id, evaluation_id),
             )
-            for table in ("responses", "events", "verdicts", "votes"):
+            for table in ("responses", "events", "verdicts", "votes", "jobs"):
                 conn.execute(f"DELETE FROM {table} WHERE evaluation_id = ?", (evaluation_id,))
             conn.execute("DELETE FROM evaluations WHERE id = ?", (evaluation_id,))
 
@@ -758,7 +832,9 @@ class SQLiteStore:
             try:
                 self._insert(conn, "audit", doc)
             except sqlite3.IntegrityError as exc:
-                raise DuplicateError(f"an audit entry with id {doc['id']} already exists in {self.path}") from exc
+                raise DuplicateError(
+                    f"an audit entry with id {doc['id']} already exists in {self.path}"
+                ) from exc
         return doc["id"]
 
     def list_audit(

@@ -1,42 +1,34 @@
-"""'Judge now' on the Results page: judging a stored evaluation in the background.
+"""'Judge now' on the Results page: a judge job in the store's queue, as the page shows it.
 
-Judging can take minutes (a local judge model loads, then scores every
-response), longer than a page script should run. The dashboard owns one
-JudgeJobs per server process; its threads call `judge.judge_evaluation`
-through the tracker's own ModelPool, one job at a time (the pool holds one
-model), and the page only polls `state(evaluation_id)`. Console lines go to
-the evaluation's events, as any judging does, and are kept here for the page.
+Judging can take minutes (a local judge model loads, then scores every response), longer than a
+page script should run. "Judge now" queues a `judge` job (job_kinds.py); the worker that runs
+evaluations claims it and judges through its one-model-at-a-time pool. The page only reads the
+job and its console lines (the evaluation's events tagged with the job id), so a second viewer,
+a refresh, a restarted server or a `storybench worker` all see the same job. Statuses are the
+store's job statuses (store.base.ACTIVE_STATUSES and the finished ones), not a second set.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from .. import audit
-from ..access import Principal, require
+from .. import job_kinds
+from ..access import Principal
 from ..config import ModelSpec
-from ..errors import StorybenchError
-from ..runner import ModelPool
-from ..store.base import Store
-
-log = logging.getLogger(__name__)
+from ..store.base import ACTIVE_STATUSES, Doc, Store
 
 KEEP_LINES = 200
-ACTIVE_STATUSES = ("waiting", "running")
 
 
 @dataclass(frozen=True)
 class JudgeJobState:
-    """One 'Judge now' job as the page shows it."""
+    """One judge job as the page shows it."""
 
+    job_id: str
     evaluation_id: str
     judge_label: str
-    status: str = "waiting"  # waiting | running | done | stopped | failed
+    status: str = "queued"  # a job status: queued | running | stopping | completed | stopped | failed
     judge_model: str = ""
     done: int = 0
     total: int = 0
@@ -45,8 +37,7 @@ class JudgeJobState:
     skipped: int = 0
     error: str | None = None
     lines: tuple[str, ...] = ()
-    started_at: float = 0.0
-    finished_at: float | None = None
+    worker_id: str | None = None
 
     @property
     def active(self) -> bool:
@@ -54,15 +45,17 @@ class JudgeJobState:
 
     @property
     def fraction(self) -> float:
-        if self.status == "done":
+        if self.status == "completed":
             return 1.0
         return min(1.0, self.done / self.total) if self.total else 0.0
 
     @property
     def progress_label(self) -> str:
-        if self.status == "waiting":
-            return f"{self.judge_label}: waiting for another judging job to finish"
-        if self.status == "running" and not self.total:
+        if self.status == "queued":
+            return f"{self.judge_label}: queued; the worker takes it after the run or job before it"
+        if self.status == "stopping":
+            return f"{self.judge_label}: stopping after the judgement in progress"
+        if not self.total:
             return f"{self.judge_label}: loading the judge"
         who = self.judge_model or self.judge_label
         return f"{who}: {self.done} / {self.total} judgements"
@@ -73,170 +66,69 @@ class JudgeJobState:
         return f"{self.judged} judged, {self.failed} failed, {self.skipped} already judged"
 
 
-JudgeFn = Callable[..., Any]
+def _line(event: Doc) -> str:
+    ts = event.get("ts")
+    clock = ts.strftime("%H:%M:%S") if ts is not None else ""
+    level = event.get("level") or "info"
+    return f"{clock} {'' if level == 'info' else level.upper() + ' '}{event.get('message') or ''}"
 
 
-def _default_judge() -> JudgeFn:
-    from ..judge import judge_evaluation
-
-    return judge_evaluation
+def job_state(store: Store, job: Doc, *, with_lines: bool = True) -> JudgeJobState:
+    """The page's view of one stored judge job (its console lines read from the evaluation's events)."""
+    progress = job.get("progress") or {}
+    result = job.get("result") or {}
+    lines: tuple[str, ...] = ()
+    if with_lines:
+        events = [e for e in store.list_events(job["evaluation_id"]) if e.get("job") == job["id"]]
+        lines = tuple(_line(e) for e in events[-KEEP_LINES:])
+    return JudgeJobState(
+        job_id=job["id"],
+        evaluation_id=job["evaluation_id"],
+        judge_label=job.get("label") or "configured judge",
+        status=job.get("status") or "queued",
+        judge_model=str(progress.get("judge_model") or ""),
+        done=int(progress.get("done") or 0),
+        total=int(progress.get("total") or 0),
+        judged=int(result.get("judged") or 0),
+        failed=int(result.get("failed") or 0),
+        skipped=int(result.get("skipped") or 0),
+        error=job.get("error"),
+        lines=lines,
+        worker_id=job.get("worker_id"),
+    )
 
 
 class JudgeJobs:
-    """Runs `judge_evaluation` jobs on background threads, one at a time, keyed by evaluation; thread-safe."""
+    """The page's handle on judge jobs in one store: start, read, stop (roles checked in job_kinds)."""
 
-    def __init__(self, judge: JudgeFn | None = None, pool: ModelPool | None = None) -> None:
-        self._judge = judge or _default_judge()
-        self._pool = pool or ModelPool()
-        self._lock = threading.Lock()  # guards the dicts below
-        self._one_at_a_time = threading.Lock()  # the pool holds one model
-        self._states: dict[str, JudgeJobState] = {}
-        self._threads: dict[str, threading.Thread] = {}
-        self._stops: dict[str, threading.Event] = {}
-        self._stores: dict[str, Store] = {}
+    def __init__(self, store: Store | Callable[[], Store]) -> None:
+        self._store = store
+
+    @property
+    def store(self) -> Store:
+        return self._store() if callable(self._store) else self._store
 
     def start(
         self,
-        store: Store,
+        store: Store | None,
         evaluation_id: str,
         principal: Principal,
-        judge_spec: ModelSpec | Sequence[ModelSpec] | None = None,
+        judge_spec: ModelSpec | None = None,
         label: str = "",
     ) -> JudgeJobState:
-        """Start judging an evaluation for principal (operators; audited) unless a job for it is active.
-
-        judge_spec None uses the evaluation's configured judge(s).
-        """
-        require(principal, "judge")
-        with self._lock:
-            current = self._states.get(evaluation_id)
-            if current is not None and current.active:
-                return current
-            state = JudgeJobState(
-                evaluation_id=evaluation_id, judge_label=label or "configured judge", started_at=time.time()
-            )
-            self._states[evaluation_id] = state
-            self._stops[evaluation_id] = threading.Event()
-            self._stores[evaluation_id] = store
-            thread = threading.Thread(
-                target=self._run,
-                args=(store, evaluation_id, judge_spec),
-                name=f"judge-{evaluation_id}",
-                daemon=True,
-            )
-            self._threads[evaluation_id] = thread
-        audit.record(store, principal, "judge", evaluation_id, {"judge": state.judge_label})
-        thread.start()
-        return state
+        """Queue judging of an evaluation for principal (operators; audited), unless one is active."""
+        store = store or self.store
+        job_id, _created = job_kinds.enqueue_job(
+            store, "judge", evaluation_id, principal, judge=judge_spec, label=label
+        )
+        return job_state(store, job_kinds.get_job(store, job_id))
 
     def state(self, evaluation_id: str) -> JudgeJobState | None:
-        with self._lock:
-            return self._states.get(evaluation_id)
+        job = job_kinds.latest_job(self.store, evaluation_id, "judge")
+        return None if job is None else job_state(self.store, job)
 
     def stop(self, evaluation_id: str, principal: Principal) -> None:
-        """Ask a job to stop after the judgement in progress (operators; audited)."""
-        require(principal, "stop")
-        with self._lock:
-            flag = self._stops.get(evaluation_id)
-            store = self._stores.get(evaluation_id)
-            active = bool((state := self._states.get(evaluation_id)) and state.active)
-        if flag is not None and active and store is not None:
-            flag.set()
-            audit.record(store, principal, "stop", evaluation_id, {"job": "judge"})
-
-    @property
-    def busy(self) -> bool:
-        with self._lock:
-            return any(s.active for s in self._states.values())
-
-    def wait(self, evaluation_id: str | None = None, timeout: float = 30.0) -> None:
-        """Join the job threads (one evaluation's or all); for tests and shutdown."""
-        with self._lock:
-            threads = [t for eid, t in self._threads.items() if evaluation_id in (None, eid)]
-        for thread in threads:
-            thread.join(timeout)
-
-    def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop every job, wait for them and unload the judge model."""
-        with self._lock:
-            flags = list(self._stops.values())
-        for flag in flags:
-            flag.set()
-        self.wait(timeout=timeout)
-        with self._one_at_a_time:
-            self._pool.release()
-
-    # -- the thread
-
-    def _update(self, evaluation_id: str, **fields: Any) -> None:
-        with self._lock:
-            self._states[evaluation_id] = replace(self._states[evaluation_id], **fields)
-
-    def _add_line(self, evaluation_id: str, line: str) -> None:
-        with self._lock:
-            state = self._states[evaluation_id]
-            lines = (*state.lines, line)[-KEEP_LINES:]
-            self._states[evaluation_id] = replace(state, lines=lines)
-
-    def _others_waiting(self, evaluation_id: str) -> bool:
-        with self._lock:
-            return any(s.status == "waiting" for e, s in self._states.items() if e != evaluation_id)
-
-    def _run(
-        self, store: Store, evaluation_id: str, judge_spec: ModelSpec | Sequence[ModelSpec] | None
-    ) -> None:
-        stop = self._stops[evaluation_id]
-
-        def event(level: str, message: str, **fields: Any) -> None:
-            store.append_event(evaluation_id, level, message, **fields)
-            clock = time.strftime("%H:%M:%S")
-            self._add_line(
-                evaluation_id, f"{clock} {'' if level == 'info' else level.upper() + ' '}{message}"
-            )
-
-        def progress(info: dict[str, Any]) -> None:
-            self._update(
-                evaluation_id,
-                judge_model=str(info.get("judge_model") or ""),
-                done=int(info.get("done") or 0),
-                total=int(info.get("total") or 0),
-            )
-
-        with self._one_at_a_time:
-            if stop.is_set():
-                self._update(evaluation_id, status="stopped", finished_at=time.time())
-                return
-            self._update(evaluation_id, status="running")
-            try:
-                summary = self._judge(
-                    store,
-                    evaluation_id,
-                    judge_spec,
-                    pool=self._pool,
-                    event=event,
-                    progress=progress,
-                    should_stop=stop.is_set,
-                )
-            except StorybenchError as exc:
-                self._update(evaluation_id, status="failed", error=str(exc), finished_at=time.time())
-            except Exception as exc:  # a bug or an unmapped library error: the log has the traceback
-                log.exception("judging evaluation %s crashed", evaluation_id)
-                self._update(
-                    evaluation_id,
-                    status="failed",
-                    error=f"unexpected {type(exc).__name__} while judging (details in the log file)",
-                    finished_at=time.time(),
-                )
-            else:
-                self._update(
-                    evaluation_id,
-                    status="stopped" if summary.stopped else "done",
-                    judged=summary.judged,
-                    failed=summary.failed,
-                    skipped=summary.skipped,
-                    finished_at=time.time(),
-                )
-            finally:
-                # Keep the judge loaded only for a job already waiting for it.
-                if not self._others_waiting(evaluation_id):
-                    self._pool.release()
+        """Ask the active judge job of an evaluation to stop after the judgement in progress."""
+        job = job_kinds.latest_job(self.store, evaluation_id, "judge")
+        if job is not None and job.get("status") in ACTIVE_STATUSES:
+            job_kinds.request_stop_job(self.store, job["id"], principal)

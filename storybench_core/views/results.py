@@ -1,19 +1,27 @@
 """What the Results page shows: the response table, its filters, per-model figures for the charts.
 
 Scores, leaderboards and compare views come from results.py (the judge's
-side); this module only covers the generated responses themselves.
+side); this module only covers the generated responses themselves. The page
+works from `response_stats` (the store's flat projection: no texts), shows
+the table a page at a time and reads texts only for the rows on screen.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
+from ..errors import StoreError
+from ..results.distribution import box_stats
 from ..results.export import csv_bytes as formula_safe_csv
-from ..store.base import Doc
+from ..store.base import RESPONSE_STAT_FIELDS, Doc, Store
 
 PREVIEW_CHARS = 120
 
@@ -102,6 +110,134 @@ def responses_frame(docs: Iterable[Doc]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RESPONSE_COLUMNS)
 
 
+# --- the table without texts: the store's flat projection -----------------------------------
+
+STAT_COLUMNS = [c for c in RESPONSE_COLUMNS if c not in ("preview", "response")]
+_STAT_NAMES = {"model_name": "model", "prompt_index": "prompt"}
+_STAT_TEXT = ("evaluation_id", "model", "sequence", "prompt_name", "finish_reason")
+
+
+def _numbers(values: Any, kind: type) -> pd.Series:
+    return pd.to_numeric(pd.Series(values), errors="coerce").fillna(0).astype(kind)
+
+
+def stats_frame(
+    rows: Sequence[tuple[Any, ...]], sources: Mapping[tuple[str, str], str] | None = None
+) -> pd.DataFrame:
+    """responses_frame's columns less preview and response, from Store.list_response_stats tuples.
+
+    sources: (evaluation id, model) → 'API' / 'local' / 'fake' (model_sources); 'local' when unknown.
+    """
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in STAT_COLUMNS})
+    table = np.array(rows, dtype=object)  # one C-level transpose instead of a list per column
+    raw = {_STAT_NAMES.get(f, f): table[:, i] for i, f in enumerate(RESPONSE_STAT_FIELDS)}
+    frame = pd.DataFrame(
+        {
+            "id": raw["id"].astype(str),
+            **{c: pd.Series(raw[c], dtype=object).fillna("").astype(str) for c in (*_STAT_TEXT, "error")},
+            "run": _numbers(raw["run"], int),
+            "prompt": _numbers(raw["prompt"], int) + 1,
+            "words": _numbers(raw["words"], int),
+            "completion_tokens": _numbers(raw["completion_tokens"], int),
+            "generation_time_s": _numbers(raw["generation_time_s"], float),
+            "tokens_per_s": _numbers(raw["tokens_per_s"], float),
+        }
+    )
+    known = pd.DataFrame(
+        [(e, m, v) for (e, m), v in (sources or {}).items()], columns=["evaluation_id", "model", "source"]
+    )
+    frame = frame.merge(known, on=["evaluation_id", "model"], how="left", sort=False)
+    frame["source"] = frame["source"].fillna("local").astype(str)
+    return frame[STAT_COLUMNS]
+
+
+def _readable(store: Store, response_id: str) -> Doc | None:
+    """get_response, or None for a row that cannot be decoded (the store records and flags it)."""
+    try:
+        return store.get_response(response_id)
+    except StoreError:
+        return None
+
+
+def model_sources(store: Store, rows: Iterable[tuple[Any, ...]]) -> dict[tuple[str, str], str]:
+    """(evaluation id, model) → its source, from one stored response of each (the stats have no model_ref)."""
+    at_eval, at_model = RESPONSE_STAT_FIELDS.index("evaluation_id"), RESPONSE_STAT_FIELDS.index("model_name")
+    candidates: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        ids = candidates.setdefault((str(row[at_eval] or ""), str(row[at_model] or "")), [])
+        if len(ids) < 3:  # a damaged first row: try the next ones
+            ids.append(str(row[0]))
+    sources = {}
+    for key, ids in candidates.items():
+        doc = next((d for d in map(partial(_readable, store), ids) if d is not None), None)
+        sources[key] = model_source((doc or {}).get("model_ref"))
+    return sources
+
+
+def response_stats(store: Store, evaluation_id: str | None = None) -> pd.DataFrame:
+    """Every stored response of one evaluation (None: all) as stats_frame rows, sources included."""
+    rows = store.list_response_stats(evaluation_id)
+    return stats_frame(rows, model_sources(store, rows))
+
+
+def change_token(evaluations: Iterable[Doc]) -> tuple[tuple[str, str, int, int, str], ...]:
+    """What changes when an evaluation gains responses or ends: a cache key for the frames read from it."""
+    return tuple(
+        (
+            str(d.get("id")),
+            str(d.get("status") or ""),
+            int(d.get("completed_tasks") or 0),
+            int(d.get("failed_tasks") or 0),
+            str(d.get("finished_at") or ""),
+        )
+        for d in evaluations
+    )
+
+
+# --- one page of the table, with the texts of its rows -------------------------------------
+
+PAGE_SIZE = 50
+
+
+def page_count(n_rows: int, page_size: int = PAGE_SIZE) -> int:
+    return max(1, math.ceil(n_rows / page_size))
+
+
+def table_page(frame: pd.DataFrame, page: int, page_size: int = PAGE_SIZE) -> pd.DataFrame:
+    """Rows of one page (1-based; clamped to the pages there are)."""
+    page = min(max(1, int(page)), page_count(len(frame), page_size))
+    return frame.iloc[(page - 1) * page_size : page * page_size]
+
+
+def page_caption(n_rows: int, page: int, page_size: int = PAGE_SIZE) -> str:
+    """'Responses 51–100 of 1,234 (page 2 of 25)'."""
+    if not n_rows:
+        return "No responses match the filters."
+    page = min(max(1, int(page)), page_count(n_rows, page_size))
+    first, last = (page - 1) * page_size + 1, min(page * page_size, n_rows)
+    return f"Responses {first:,}–{last:,} of {n_rows:,} (page {page} of {page_count(n_rows, page_size)})"
+
+
+def with_previews(rows: pd.DataFrame, docs: Mapping[str, Doc | None]) -> pd.DataFrame:
+    """The rows with a 'preview' column: the start of each response (or its error) from docs by id."""
+    previews = []
+    for rid in rows["id"]:
+        doc = docs.get(str(rid)) or {}
+        previews.append(_preview(doc.get("error") or doc.get("response")))
+    return rows.assign(preview=previews)
+
+
+def text_docs(store: Store, response_ids: Iterable[str]) -> dict[str, Doc]:
+    """id → {response, error} for a page of rows, one get_response each (the texts on screen only)."""
+    out = {}
+    for rid in response_ids:
+        doc = _readable(store, str(rid))
+        if doc is not None:
+            out[str(rid)] = {"response": doc.get("response") or "", "error": doc.get("error") or ""}
+    return out
+
+
 @dataclass(frozen=True)
 class ResponseFilters:
     """What the Results page narrows the table to; empty tuples mean 'all'."""
@@ -132,11 +268,11 @@ def filter_options(frame: pd.DataFrame, evaluation_id: str | None = None) -> Fil
     """The values each filter can take (models etc. within the chosen evaluation)."""
     scoped = frame if not evaluation_id else frame[frame["evaluation_id"] == evaluation_id]
     return FilterOptions(
-        evaluations=list(dict.fromkeys(frame["evaluation_id"])),
-        models=sorted(set(scoped["model"])),
-        sequences=sorted(set(scoped["sequence"])),
-        prompts=sorted(int(p) for p in set(scoped["prompt"])),
-        runs=sorted(int(r) for r in set(scoped["run"])),
+        evaluations=[str(e) for e in frame["evaluation_id"].unique()],  # in order of appearance
+        models=sorted(str(m) for m in scoped["model"].unique()),
+        sequences=sorted(str(s) for s in scoped["sequence"].unique()),
+        prompts=sorted(int(p) for p in scoped["prompt"].unique()),
+        runs=sorted(int(r) for r in scoped["run"].unique()),
     )
 
 
@@ -203,8 +339,41 @@ def filters_to_query(filters: ResponseFilters) -> dict[str, list[str]]:
 
 
 def chart_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Successful responses only: the rows the length/time/speed charts plot."""
+    """Successful responses only: the rows the length/time/speed charts summarise."""
     return frame[frame["error"] == ""][["model", "source", "sequence", *[c for c, _ in CHART_METRICS]]]
+
+
+def metric_figure(points: pd.DataFrame, column: str, title: str) -> go.Figure:
+    """One box per model and source from quartiles (results.box_stats): a few numbers, not every point."""
+    stats = box_stats(points, column, ["source", "model"])
+    fig = go.Figure()
+    for source, part in stats.groupby("source", sort=True, observed=True):
+        fig.add_trace(
+            go.Box(
+                x=part["model"].astype(str).to_list(),
+                q1=part["q1"].to_list(),
+                median=part["median"].to_list(),
+                q3=part["q3"].to_list(),
+                lowerfence=part["lowerfence"].to_list(),
+                upperfence=part["upperfence"].to_list(),
+                mean=part["mean"].to_list(),
+                name=str(source),
+                customdata=part["n"].to_list(),
+                hovertemplate="%{x}: median %{median:.3g} (n=%{customdata})<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig.update_layout(
+        title=title, xaxis_title=None, yaxis_title=title, legend_title_text="source", boxmode="group"
+    )
+    return fig
+
+
+def metric_figures(frame: pd.DataFrame) -> list[tuple[str, go.Figure]]:
+    """(column, figure) for each of CHART_METRICS over the successful responses; empty when there are none."""
+    points = chart_frame(frame)
+    if points.empty:
+        return []
+    return [(column, metric_figure(points, column, title)) for column, title in CHART_METRICS]
 
 
 def model_summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -294,3 +463,10 @@ def response_detail(doc: Doc) -> ResponseDetail:
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     """The filtered responses, full text included, as CSV."""
     return formula_safe_csv(frame.drop(columns=["preview"]))
+
+
+def filtered_csv(store: Store, filters: ResponseFilters, hidden: Iterable[str] = ()) -> bytes:
+    """csv_bytes of the responses matching filters, read from the store when the download is asked for."""
+    docs = store.list_responses(filters.evaluation_id, include_messages=False)
+    frame = without_evaluations(responses_frame(docs), hidden)
+    return csv_bytes(apply_filters(frame, filters))

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import catalog, pairwise, ratings, results
+from .. import catalog, charts, pairwise, ratings, results
 from ..config import ModelSpec, RunConfig
 from ..store.base import Store
 from .results import FilterOptions, ResponseFilters
@@ -107,7 +107,7 @@ def judge_filter(choice: str | None) -> str | None:
 # --- leaderboard -----------------------------------------------------------------------------
 
 
-def text_summary(metrics: pd.DataFrame, response_ids: Sequence[str] | None = None) -> pd.DataFrame:
+def text_summary(metrics: pd.DataFrame, response_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """Per-model means of results.text_metrics_frame rows, optionally only for some responses."""
     if response_ids is not None:
         metrics = metrics[metrics["response_id"].isin(list(response_ids))]
@@ -167,6 +167,17 @@ def leaderboard_labels(table: pd.DataFrame) -> dict[str, str]:
     }
 
 
+def text_sample_caption(sample: results.TextSample) -> str:
+    """'' when every response was read; else how many the text metrics stand on."""
+    if sample.complete:
+        return ""
+    return (
+        f"Text metrics (distinct-n, repeated 4-grams, stock phrases) over {sample.n_sampled:,} of "
+        f"{sample.n_total:,} responses: per model, whole runs from run 1 up to about "
+        f"{results.TEXT_SAMPLE_PER_MODEL} responses."
+    )
+
+
 # Headers of the smaller score tables (judge agreement, attempt spread, rank and human agreement, position bias).
 TABLE_LABELS = {
     "model_name": "model",
@@ -205,6 +216,77 @@ def table_labels(frame: pd.DataFrame) -> dict[str, str]:
 def rounded(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """Floats rounded for display."""
     return frame.round(digits)
+
+
+# --- score charts: aggregates only ------------------------------------------------------------
+
+SCORE_CHARTS = (
+    "criterion_heatmap",
+    "criterion_radar",
+    "sequence_bars",
+    "length_scatter",
+    "score_distribution",
+)
+
+
+def score_box_figure(df: pd.DataFrame, judge: str | None = None) -> go.Figure:
+    """Per-response overall scores per model as boxes drawn from their quartiles (results.box_stats)."""
+    title = "Score distribution per model"
+    stats = results.box_stats(results.score_distribution(df, judge), "overall", ["model_name"])
+    if stats.empty:
+        return charts.score_distribution(pd.DataFrame(columns=["model_name", "overall"]))
+    fig = go.Figure()
+    for row in stats.to_dict("records"):
+        fig.add_trace(
+            go.Box(
+                name=str(row["model_name"]),
+                q1=[row["q1"]],
+                median=[row["median"]],
+                q3=[row["q3"]],
+                lowerfence=[row["lowerfence"]],
+                upperfence=[row["upperfence"]],
+                mean=[row["mean"]],
+                hovertemplate=f"n={row['n']}<extra>{row['model_name']}</extra>",
+            )
+        )
+    fig.update_layout(title=title, yaxis_title="overall score", showlegend=False)
+    return fig
+
+
+def length_score_figure(df: pd.DataFrame, judge: str | None = None, bins: int = 12) -> go.Figure:
+    """Mean overall score against mean length per length bin, one line per model (results.binned_means)."""
+    title = "Score vs response length"
+    binned = results.binned_means(results.length_vs_score(df, judge), "words", "overall", "model_name", bins)
+    if binned.empty:
+        return charts.length_scatter(pd.DataFrame(columns=["model_name", "words", "overall"]))
+    fig = go.Figure()
+    for model, part in binned.groupby("model_name", sort=True, observed=True):
+        fig.add_trace(
+            go.Scatter(
+                x=part["x"].round(1).to_list(),
+                y=part["y"].round(3).to_list(),
+                customdata=part["n"].to_list(),
+                mode="lines+markers",
+                name=str(model),
+                hovertemplate="%{x:.0f} words → %{y:.2f} (n=%{customdata})<extra>" + str(model) + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title=title, xaxis_title="words (mean of the length bin)", yaxis_title="mean overall score"
+    )
+    return fig
+
+
+def score_figures(df: pd.DataFrame, judge: str | None = None) -> dict[str, go.Figure]:
+    """The Charts tab's score figures (SCORE_CHARTS order), each from a per-model aggregate."""
+    matrix = results.criterion_matrix(df, judge)
+    return {
+        "criterion_heatmap": charts.criterion_heatmap(matrix),
+        "criterion_radar": charts.criterion_radar(matrix),
+        "sequence_bars": charts.sequence_bars(results.per_sequence(df, judge)),
+        "length_scatter": length_score_figure(df, judge),
+        "score_distribution": score_box_figure(df, judge),
+    }
 
 
 # --- turn trends -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -289,7 +290,7 @@ def test_json_schema_in_a_batch_checks_the_sampled_token_first(
 ) -> None:
     """Every reply follows the schema; a rejected token is re-sampled from a shortlist when that
     is exact, and the texts equal those of a grammar pass over the whole vocabulary."""
-    import storybench_core.backends.llama_batch as llama_batch
+    import storybench_core.backends.llama_sampling as llama_sampling
 
     schema = {
         "type": "object",
@@ -300,13 +301,13 @@ def test_json_schema_in_a_batch_checks_the_sampled_token_first(
         "required": ["score", "verdict"],
     }
     resamples: list[int] = []
-    real = llama_batch.BatchDecoder._resample_with_grammar
+    real = llama_sampling.Sampling.resample_with_grammar
 
-    def counting(self: object, job: object, row: int) -> int:
-        resamples.append(row)
-        return real(self, job, row)  # type: ignore[arg-type]
+    def counting(self: llama_sampling.Sampling, *args: Any) -> int:
+        resamples.append(1)
+        return real(self, *args)
 
-    monkeypatch.setattr(llama_batch.BatchDecoder, "_resample_with_grammar", counting)
+    monkeypatch.setattr(llama_sampling.Sampling, "resample_with_grammar", counting)
     lines = ["Rain hammered the glass.", "The cat sat.", "Her laugh cracked like thin ice."]
     convs = [
         [SYSTEM, {"role": "user", "content": f"Rate this line from 1 to 5 as JSON: '{line}'"}]
@@ -314,9 +315,9 @@ def test_json_schema_in_a_batch_checks_the_sampled_token_first(
     ]
     asked = [settings(i, temperature, max_tokens=48, json_schema=schema) for i in range(3)]
     texts = {}
-    default = llama_batch.GRAMMAR_SHORTLIST
+    default = llama_sampling.GRAMMAR_SHORTLIST
     for shortlist in (default, 10**9):  # 10**9: always the whole vocabulary
-        monkeypatch.setattr(llama_batch, "GRAMMAR_SHORTLIST", shortlist)
+        monkeypatch.setattr(llama_sampling, "GRAMMAR_SHORTLIST", shortlist)
         decoder_for(backend, 3).clear()
         out = backend.chat_batch(convs, asked)
         for done in out:

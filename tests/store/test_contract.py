@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from storybench_core.errors import LeaseLost, StoreError
+from storybench_core.errors import DuplicateError, LeaseLost, StoreError
 from storybench_core.store.base import JUDGEMENT_SCORE_FIELDS, RESPONSE_STAT_FIELDS, Lease, Store
 
 StoreOpener = Callable[[], Store]  # the store_opener fixture (conftest.py)
@@ -543,6 +543,39 @@ def test_votes_unique_per_voter_and_pair(store: Store) -> None:
     anns = store.list_votes(voter="ann")
     assert {v["pair_key"] for v in anns} == {"p1", "p2"}
     assert next(v for v in anns if v["id"] == vid)["winner"] == "a"
+
+
+# --- unique keys ------------------------------------------------------------
+
+
+def test_every_unique_key_violation_raises_duplicate_error(store: Store) -> None:
+    """Callers that write idempotently catch DuplicateError, never the message text."""
+    assert issubclass(DuplicateError, StoreError)
+    eid = store.create_evaluation(evaluation(id="dup-eval"))
+    rid = store.upsert_response(response(eid))
+    store.add_judgement(judgement(rid, eid, 1))
+    store.add_verdict({"evaluation_id": eid, "verdict_key": "k", "judge": "j", "pair_key": "p"})
+    store.add_vote({"evaluation_id": eid, "voter": "ann", "pair_key": "p"})
+    audit_id = store.add_audit({"actor": "ann", "action": "queue", "target": eid})
+    repeats: dict[str, Callable[[], object]] = {
+        "evaluation": lambda: store.create_evaluation(evaluation(id="dup-eval")),
+        "judgement": lambda: store.add_judgement(judgement(rid, eid, 1, overall=1.0)),
+        "verdict": lambda: store.add_verdict({"evaluation_id": eid, "verdict_key": "k", "judge": "j2"}),
+        "vote": lambda: store.add_vote({"evaluation_id": eid, "voter": "ann", "pair_key": "p"}),
+        "audit entry": lambda: store.add_audit({"id": audit_id, "actor": "bob", "action": "stop"}),
+    }
+    for what, repeat in repeats.items():
+        with pytest.raises(DuplicateError, match=what):
+            repeat()
+    # The first write of each is what stays.
+    assert len(store.list_judgements(eid)) == 1 and store.list_judgements(eid)[0]["overall"] == 6.0
+    assert [v["judge"] for v in store.list_verdicts(eid)] == ["j"]
+    assert len(store.list_votes(eid)) == 1
+    assert [e["actor"] for e in store.list_audit()] == ["ann"]
+    # A missing part of a unique key is a plain StoreError, not a duplicate.
+    with pytest.raises(StoreError) as info:
+        store.add_vote({"evaluation_id": eid, "pair_key": "p"})
+    assert not isinstance(info.value, DuplicateError)
 
 
 # --- datetimes and extra fields ---------------------------------------------

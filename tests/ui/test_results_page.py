@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 from streamlit.runtime.media_file_manager import MediaFileManager
 
-from storybench_core import catalog, judge, pairwise, votes
+from storybench_core import catalog, jobs, judge, pairwise, results, votes
 from storybench_core.access import LOCAL_ADMIN
 from storybench_core.backends.fake import FakeBackend
-from storybench_core.config import JudgeConfig, ModelSpec, parse_config
+from storybench_core.config import JudgeConfig, ModelSpec, config_to_dict, parse_config
+from storybench_core.runner import now_utc, task_key
+from storybench_core.store.sqlite import SQLiteStore
+from storybench_core.views import results as results_view
 
 RESULTS = "app_pages/results.py"
 LONG_SCORES = {0: 5, 1: 4, 2: 4}  # fake-long: overall per prompt index
@@ -189,8 +192,14 @@ def test_judge_now_judges_an_unjudged_evaluation_in_the_background(ui, store):
 
     ui.button(at, "Judge now").click()
     at.run()
-    assert wait_until(lambda: len(store.list_judgements(eid)) == 6)
-    assert wait_until(lambda: any("judging finished" in e["message"] for e in store.list_events(eid)))
+    # Judge now queues a job; the worker (here run by the test, so the page is deterministic) does it.
+    [job] = store.list_jobs(evaluation_id=eid)
+    assert (job["kind"], job["status"]) == ("judge", "queued")
+    ui.rerun(at)
+    assert ui.button(at, "Stop judging") is not None  # shown while the job is queued or running
+    assert jobs.Worker(store).run_once()
+    assert len(store.list_judgements(eid)) == 6
+    assert any("judging finished" in e["message"] for e in store.list_events(eid))
 
     def finished() -> bool:
         ui.rerun(at)
@@ -206,9 +215,8 @@ def test_judge_now_judges_an_unjudged_evaluation_in_the_background(ui, store):
     # Judging again only finds what is missing: nothing.
     ui.button(at, "Judge now").click()
     at.run()
-    assert wait_until(
-        lambda: any("all 6 responses already judged" in e["message"] for e in store.list_events(eid))
-    )
+    assert jobs.Worker(store).run_once()
+    assert any("all 6 responses already judged" in e["message"] for e in store.list_events(eid))
     assert len(store.list_judgements(eid)) == 6
 
 
@@ -263,3 +271,88 @@ def test_compare_renders_judge_justifications_without_images_or_links(ui, store)
     assert "Fine px see" in shown
     for active in ("](", "![", "<img", "https://", ":red["):
         assert active not in shown, active
+
+
+# --- a large evaluation: the page reads texts only for what it shows ---------------------------
+
+LARGE_MODELS = ("m-a", "m-b", "m-c", "m-d")
+
+
+def seed_large(store, config, n: int) -> str:
+    """n responses over LARGE_MODELS × film/thriller × 3 prompts × as many runs as it takes, each judged."""
+    rubric = catalog.load_rubric()
+    eid = store.create_evaluation(
+        {"name": "large", "config": config_to_dict(config), "status": "completed", "created_at": now_utc(),
+         "total_tasks": n, "completed_tasks": n, "failed_tasks": 0}
+    )  # fmt: skip
+    i = 0
+    while i < n:
+        run = i // 24 + 1
+        for model in LARGE_MODELS:
+            for sequence in ("film", "thriller"):
+                for prompt in range(3):
+                    if i >= n:
+                        break
+                    score = 1 + (i + LARGE_MODELS.index(model)) % 5
+                    rid = store.upsert_response(
+                        {"evaluation_id": eid, "task_key": task_key(eid, model, sequence, run, prompt),
+                         "model_name": model, "model_ref": {"kind": "fake"}, "sequence": sequence, "run": run,
+                         "prompt_index": prompt, "prompt_name": f"p{prompt}", "prompt_text": "Write.",
+                         "messages": [], "response": f"{model} writes story {i} " * 5, "finish_reason": "stop",
+                         "prompt_tokens": 10, "completion_tokens": 25, "generation_time_s": 1.0,
+                         "tokens_per_s": 25.0, "seed": i, "error": None}
+                    )  # fmt: skip
+                    store.add_judgement(
+                        {"response_id": rid, "evaluation_id": eid, "judge_model": "j", "attempt": 1,
+                         "rubric_hash": rubric.rubric_hash, "overall": float(score), "error": None,
+                         "scores": {c: {"score": score, "justification": "ok"} for c in rubric.criterion_ids},
+                         "raw_output": "{}", "structured_output": "json_schema", "retries": 0}
+                    )  # fmt: skip
+                    i += 1
+    return eid
+
+
+def test_a_large_evaluation_shows_its_leaderboard_reading_only_the_texts_on_screen(ui, store, monkeypatch):
+    n = 4000
+    eid = seed_large(store, ui.fake_config("large"), n)
+    texts: list[int] = []  # documents with a response text handed to the page, per read
+    scopes: list[dict[str, Any]] = []
+    list_responses, get_response = SQLiteStore.list_responses, SQLiteStore.get_response
+
+    def counted_list(self, evaluation_id=None, **filters):
+        docs = list_responses(self, evaluation_id, **filters)
+        texts.append(len(docs))
+        scopes.append(filters)
+        return docs
+
+    def counted_get(self, response_id):
+        texts.append(1)
+        return get_response(self, response_id)
+
+    monkeypatch.setattr(SQLiteStore, "list_responses", counted_list)
+    monkeypatch.setattr(SQLiteStore, "get_response", counted_get)
+    at = open_results(ui, eid)
+
+    board = table_with(at, "n_failed_judgements")
+    assert sorted(board["model"]) == list(LARGE_MODELS) and board["n_responses"].sum() == n
+    assert {m.label: m.value for m in at.metric}["Responses"] == str(n)
+    # Texts: the table's page, a source per model, the text-metric sample, the compared responses.
+    bound = results_view.PAGE_SIZE + len(LARGE_MODELS) * (results.TEXT_SAMPLE_PER_MODEL + 6 + 1) + 3
+    assert sum(texts) <= bound < n, (sum(texts), bound)
+    assert scopes and all(f.get("sequence") and f.get("run") for f in scopes)  # one run of one sequence
+    assert any("Text metrics" in c and f"of {n:,} responses" in c for c in ui.texts(at.caption))
+
+    # What goes to the browser is bounded too: one page of rows, a picker for those, aggregated charts.
+    assert len(table_with(at, "preview")) == results_view.PAGE_SIZE
+    assert len(at.selectbox(key="results.response").options) == results_view.PAGE_SIZE
+    for chart in at.get("plotly_chart"):
+        figure = json.loads(chart.proto.spec)
+        for trace in figure["data"]:
+            assert all(len(v) <= 16 for v in trace.values() if isinstance(v, list)), trace.get("name")
+
+    # The next page reads the texts of its own rows only.
+    texts.clear()
+    at.number_input(key="results.page").set_value(3)
+    ui.rerun(at)
+    assert any("Responses 101–150 of 4,000" in c for c in ui.texts(at.caption))
+    assert sum(texts) <= bound

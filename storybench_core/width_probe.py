@@ -1,0 +1,172 @@
+"""A short measurement of the loaded model's decode rate at several batch widths, cached.
+
+Which widths pay depends on the CPU (on one AMD EPYC three sequences decode
+no faster than one, four and more do) and on the build, the thread count and
+the model. So on a local GGUF model the scheduler measures: a few tokens of
+one short prompt, decoded greedily at each candidate width through the
+backend's own `chat_batch` (after a first call the prompt's cache and logits
+are reused, so only decoding is timed). The rates are kept in
+STORYBENCH_HOME/cache/batch_widths.json, keyed by the model file (name,
+size, a hash of its first MiB), the llama.cpp build and CPU features, the
+thread count, flash attention, the CPU and GPU layers: the next evaluation on
+the same model and machine measures nothing. Delete the file to measure
+again; STORYBENCH_WIDTH_PROBE=0 turns the measurement off (the width is then
+what memory allows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .backends.base import GenerationSettings, Message, ModelBackend
+from .errors import StopRequested, StorybenchError
+from .paths import storybench_home
+
+log = logging.getLogger(__name__)
+
+PROBE_ENV = "STORYBENCH_WIDTH_PROBE"
+# Widths measured, up to what memory and the pending conversations allow.
+PROBE_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32)
+PROBE_TOKENS = 8  # new tokens per conversation and width
+PROBE_PROMPT: list[Message] = [
+    {"role": "user", "content": "Write the opening of a story about a lighthouse keeper and a storm."}
+]
+CACHE_FILE = "batch_widths.json"
+_HEAD_BYTES = 1 << 20
+
+
+def probe_enabled() -> bool:
+    return os.environ.get(PROBE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_identity() -> dict[str, str]:
+    """The CPU model name and a hash of its flags (/proc/cpuinfo), '' where unreadable."""
+    name, flags = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = hashlib.sha256(value.strip().encode()).hexdigest()[:16]
+            if name and flags:
+                break
+    except OSError:
+        pass
+    return {"cpu": name, "cpu_flags": flags}
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    with path.open("rb") as f:
+        head = hashlib.sha256(f.read(_HEAD_BYTES)).hexdigest()[:16]
+    return {"file": path.name, "size": stat.st_size, "head_sha256": head}
+
+
+def machine_key(backend: ModelBackend) -> tuple[str, dict[str, Any]] | None:
+    """The cache key for this loaded model on this machine and what it is made of; None if unknown."""
+    path = getattr(backend, "model_path", None)
+    if path is None:
+        return None
+    try:
+        identity: dict[str, Any] = _file_identity(Path(path))
+    except OSError:
+        return None
+    engine = getattr(backend, "engine_info", None)
+    plan = getattr(backend, "gpu_plan", None)
+    identity |= {
+        "engine": {k: v for k, v in (engine or {}).items() if k not in ("template", "model_file")},
+        "n_gpu_layers": getattr(plan, "n_gpu_layers", 0),
+        **_cpu_identity(),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return key, identity
+
+
+def cache_path() -> Path:
+    return storybench_home() / "cache" / CACHE_FILE
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, data: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:  # a cache: the measurement is simply made again next time
+        log.warning("could not write the batch width cache %s: %s", path, exc)
+
+
+def cached_rates(backend: ModelBackend) -> dict[int, float]:
+    """The rates measured before for this model and machine (empty when none)."""
+    key = machine_key(backend)
+    if key is None:
+        return {}
+    entry = _read_cache(cache_path()).get(key[0]) or {}
+    return {int(w): float(r) for w, r in (entry.get("rates") or {}).items()}
+
+
+def measure_rate(backend: ModelBackend, width: int, tokens: int = PROBE_TOKENS) -> float:
+    """Aggregate new tokens/s of `width` copies of the probe prompt decoded together."""
+    settings = [GenerationSettings(temperature=0.0, max_tokens=tokens, seed=1 + i) for i in range(width)]
+    started = time.perf_counter()
+    done = backend.chat_batch([PROBE_PROMPT] * width, settings)  # type: ignore[attr-defined]
+    elapsed = max(time.perf_counter() - started, 1e-6)
+    return sum(c.completion_tokens for c in done if c.finish_reason != "error") / elapsed
+
+
+def probe_rates(
+    backend: ModelBackend,
+    most: int,
+    should_stop: Callable[[], bool] = lambda: False,
+    widths: Sequence[int] = PROBE_WIDTHS,
+) -> tuple[dict[int, float], list[int]]:
+    """Rates at every candidate width up to `most`, measured now where not cached; and the widths measured now.
+
+    StopRequested propagates when should_stop() says so between two widths.
+    """
+    key = machine_key(backend)
+    rates = cached_rates(backend)
+    wanted = [w for w in widths if w <= most and w not in rates]
+    if not wanted:
+        return rates, []
+    measured: list[int] = []
+    try:
+        # One call at the widest width first: the decoder is sized once, the prompt evaluated once.
+        backend.chat_batch(  # type: ignore[attr-defined]
+            [PROBE_PROMPT] * max(wanted), [GenerationSettings(temperature=0.0, max_tokens=1)] * max(wanted)
+        )
+        for width in wanted:
+            if should_stop():
+                raise StopRequested()
+            rates[width] = round(measure_rate(backend, width), 2)
+            measured.append(width)
+    except StorybenchError as exc:  # e.g. no memory for the widest context: keep what was measured
+        log.warning("%s: batch width probe stopped: %s", backend.name, exc)
+    if key is not None and measured:
+        path = cache_path()
+        data = _read_cache(path)
+        data[key[0]] = {
+            "identity": key[1],
+            "rates": {str(w): r for w, r in sorted(rates.items())},
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "probe_tokens": PROBE_TOKENS,
+        }
+        _write_cache(path, data)
+    return rates, measured
