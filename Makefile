@@ -30,6 +30,7 @@ test-fast: setup-dev
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy storybench_core
 
 format:
 	$(VENV)/bin/ruff format .

@@ -165,7 +165,7 @@ def same_texts(reference: Measurement, other: Measurement) -> tuple[int, int]:
     return sum(other.texts.get(k) == t for k, t in reference.texts.items()), len(reference.texts)
 
 
-def load_bundled(args: argparse.Namespace, n_ctx: int) -> tuple[Any, dict[str, Any]]:
+def load_bundled(args: argparse.Namespace, n_ctx: int, quiet: bool = False) -> tuple[Any, dict[str, Any]]:
     """The bundled model loaded once for every local path; its stop markers dropped unless --natural-stops."""
     from storybench_core.backends.llama import create_llama_backend
     from storybench_core.config import GenerationSettingsConfig, ModelSpec
@@ -175,7 +175,8 @@ def load_bundled(args: argparse.Namespace, n_ctx: int) -> tuple[Any, dict[str, A
         options["flash_attn"] = True
     model = {"kind": "bundled", "options": options}
     backend = create_llama_backend(ModelSpec(**model), GenerationSettingsConfig(n_ctx=n_ctx))
-    print(f"model: {backend.name} — {backend.load_note}")
+    if not quiet:
+        print(f"model: {backend.name} — {backend.load_note}")
     if not args.natural_stops:
         backend.template = dataclasses.replace(backend.template, stop=())
     return backend, model
@@ -210,43 +211,40 @@ def quickstart_config(args: argparse.Namespace, model: dict[str, Any], parallel_
 
 
 def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]]:
+    """Each path on a freshly loaded model (load time not timed), as in a fresh worker: the
+    batch decoder is sized by that path's width, its KV caches start empty."""
     from storybench_core.width_probe import probe_rates
     from storybench_core.widths import choose_width
 
     n_ctx = quickstart_config(args, {"kind": "bundled"}, None).generation.n_ctx
-    backend, model = load_bundled(args, n_ctx)
     paths: list[tuple[str, int | None, dict[str, Any]]] = [
         ("width 1", 1, {}),
         ("per sequence", None, {"group": "sequence"}),
         ("whole evaluation", None, {}),
         *[(f"whole evaluation, parallel_runs {w}", w, {}) for w in args.widths],
     ]
+    backend, model = load_bundled(args, n_ctx)
     try:
         config = quickstart_config(args, model, None)
-        n_conversations = len(config.sequences) * config.generation.runs
-        most, _ = choose_width(backend, config.generation, n_conversations)
-        started = time.perf_counter()
-        rates, measured = probe_rates(backend, most)
-        how = f"measured in {time.perf_counter() - started:.1f} s" if measured else "cached"
+        most, _ = choose_width(backend, config.generation, len(config.sequences) * config.generation.runs)
+        probe = probe_rates(backend, most)  # cached for the timed whole-evaluation runs below
         print(
-            f"decode rates by width ({how}, not in the timings): "
-            + ", ".join(f"{w}: {r:.1f}" for w, r in sorted(rates.items())),
+            f"decode rates by width ({probe.describe()}; not in the timings): "
+            + ", ".join(f"{w}: {r:.1f}" for w, r in sorted(probe.rates.items())),
             flush=True,
         )
-        found: dict[str, Measurement | None] = {label: None for label, _, _ in paths}
-        for _ in range(args.repeat):
-            for label, parallel_runs, runner in paths:
-                m = measure(
-                    store,
-                    quickstart_config(args, model, parallel_runs),
-                    backend,
-                    cold_cache(backend),
-                    **runner,
-                )
-                found[label] = best(found[label], m)
-                print(f"  {label}: {m.tokens_per_s:.1f} tok/s ({m.wall_s:.1f} s)", flush=True)
     finally:
         backend.close()
+    found: dict[str, Measurement | None] = {label: None for label, _, _ in paths}
+    for _ in range(args.repeat):
+        for label, parallel_runs, runner in paths:
+            backend, model = load_bundled(args, n_ctx, quiet=True)
+            try:
+                m = measure(store, quickstart_config(args, model, parallel_runs), backend, **runner)
+            finally:
+                backend.close()
+            found[label] = best(found[label], m)
+            print(f"  {label}: {m.tokens_per_s:.1f} tok/s ({m.wall_s:.1f} s)", flush=True)
     return [{"label": label, "m": m} for label, m in found.items() if m is not None]
 
 

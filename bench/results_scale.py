@@ -1,14 +1,16 @@
-"""How fast do the results frames build at scale? (issue 4; target: under 2 s at 100k on SQLite)
+"""How fast does the Results page's work grow with the data? (issues 4 and 15: under 2 s at 100k on SQLite)
 
 Fills a temporary SQLite store through the Store protocol with synthetic
-responses and one judgement each (10k, then 100k), then times the reads and
-frames the Results page needs: responses_frame, leaderboard (with a
-1000-sample bootstrap), per-criterion, per-sequence, score distribution and
-length-vs-score. Each is timed twice: through the store's flat projections
-(list_response_stats, list_judgement_scores: what the Results page uses) and,
-as the baseline, through list_responses / list_judgements alone. Prints each
-time, the growth ratio 100k / 10k and the load average (the times mean little
-on a busy machine without it).
+responses and one judgement each (10k, then 100k), then times what the Results
+page computes for one evaluation: the scores frame, the response table's frame,
+the leaderboard (1000-sample bootstrap), the chart aggregates (per criterion,
+per sequence, score and length distributions as box statistics and binned
+means) and the text metrics of the leaderboard. Each is timed twice in the same
+run: through the store's flat projections and a bounded text sample (what the
+page does), and, as the baseline, through list_responses / list_judgements
+alone with every text read (what it did before). Prints each time, the ratio
+baseline ÷ flat, the growth 100k / 10k, the CPU and the load average (the
+times mean little on a busy machine without them).
 
     .venv/bin/python bench/results_scale.py            # 10k and 100k
     .venv/bin/python bench/results_scale.py --quick    # 10k only: a sanity run
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from storybench_core import catalog, results
 from storybench_core.runner import task_key
 from storybench_core.store.sqlite import SQLiteStore
+from storybench_core.views import results as results_view
 
 MODELS = [f"model-{i}" for i in range(8)]
 VOCAB = [
@@ -203,38 +206,60 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return value, time.perf_counter() - start
 
 
-def measure(store: SQLiteStore, eid: str, repeats: int) -> dict[str, float]:
-    """Best-of-`repeats` seconds for each step the Results page runs."""
-    best: dict[str, float] = {}
-    steps = {
-        "leaderboard": results.leaderboard,
+TOTAL = "total (frame + leaderboard + charts)"
+PAGE_TOTAL = "page total (+ table frame, text metrics)"
+CHART_STEPS = ("per_criterion", "per_sequence", "score_distribution", "length_vs_score")
+
+
+def chart_steps() -> dict[str, Callable[[Any], Any]]:
+    """The chart aggregates the Results page draws from (boxes and bins, not points)."""
+    return {
         "per_criterion": results.per_criterion,
         "per_sequence": results.per_sequence,
-        "score_distribution": results.score_distribution,
-        "length_vs_score": results.length_vs_score,
+        "score_distribution": lambda df: results.box_stats(
+            results.score_distribution(df), "overall", ["model_name"]
+        ),
+        "length_vs_score": lambda df: results.binned_means(
+            results.length_vs_score(df), "words", "overall", "model_name"
+        ),
     }
+
+
+def table_frame(store: Any, eid: str, flat: bool) -> Any:
+    """The response table's rows: the flat projection, or (baseline) every document with its text."""
+    if flat:
+        return results_view.response_stats(store, eid)
+    return results_view.responses_frame(store.list_responses(eid, include_messages=False))
+
+
+def text_metrics(store: Any, eid: str, df: Any, flat: bool) -> Any:
+    """The leaderboard's text metrics: a bounded sample of conversations, or (baseline) every text."""
+    if flat:
+        return results.sample_text_metrics(store, eid, results.text_sample(df).conversations)
+    return results.text_metrics_frame(results.responses_frame(store, eid, include_text=True))
+
+
+def measure(store: Any, eid: str, repeats: int, flat: bool, with_texts: bool) -> dict[str, float]:
+    """Best-of-`repeats` seconds for each step the Results page runs."""
+    best: dict[str, float] = {}
     for _ in range(repeats):
         times: dict[str, float] = {}
         df, times["responses_frame"] = timed(lambda: results.responses_frame(store, eid))
-        for name, step in steps.items():
+        _, times["leaderboard"] = timed(lambda df=df: results.leaderboard(df))
+        for name, step in chart_steps().items():
             _, times[name] = timed(lambda step=step, df=df: step(df))
-        times["total (frame + leaderboard + charts)"] = sum(
-            times[k]
-            for k in (
-                "responses_frame",
-                "leaderboard",
-                "per_criterion",
-                "per_sequence",
-                "score_distribution",
-                "length_vs_score",
-            )
-        )
+        times[TOTAL] = times["responses_frame"] + times["leaderboard"] + sum(times[k] for k in CHART_STEPS)
+        _, times["table frame"] = timed(lambda: table_frame(store, eid, flat))
+        if with_texts:
+            _, times["text metrics"] = timed(lambda df=df: text_metrics(store, eid, df, flat))
+            times[PAGE_TOTAL] = times[TOTAL] + times["table frame"] + times["text metrics"]
         for key, value in times.items():
             best[key] = min(best.get(key, value), value)
     return best
 
 
-LABELS = ("Store protocol only", "with flat projections")
+BASELINE, FLAT = "baseline: Store protocol only, every text", "flat projections, text sample"
+LABELS = (BASELINE, FLAT)
 
 
 def load_average() -> str:
@@ -242,6 +267,22 @@ def load_average() -> str:
         return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "load average unknown"
+
+
+def cpu_line() -> str:
+    """'AMD EPYC, 2 CPUs, AVX-512' from /proc/cpuinfo (what these figures depend on)."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name == "unknown CPU":
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name}, {os.cpu_count()} CPUs, {simd}"
 
 
 def main() -> int:
@@ -252,10 +293,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="only 10k responses (a sanity run)")
     parser.add_argument("--words", type=int, default=200, help="mean words per synthetic response")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--baseline-texts-up-to",
+        type=int,
+        default=10_000,
+        help="measure the baseline's every-text metrics only up to this size (they take minutes at 100k)",
+    )
     args = parser.parse_args()
     sizes = [10_000] if args.quick else args.sizes
     os.environ.setdefault("STORYBENCH_HOME", tempfile.mkdtemp(prefix="storybench-bench-home-"))
-    print(f"{os.cpu_count()} CPUs, {load_average()}", flush=True)
+    print(f"{cpu_line()}, {load_average()}", flush=True)
     criteria = list(catalog.load_rubric().criterion_ids)
     rows: dict[tuple[int, str], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="storybench-bench-") as tmp:
@@ -277,29 +324,35 @@ def main() -> int:
             }
             print("    store reads: " + ", ".join(f"{k} {timed(f)[1]:.3f} s" for k, f in reads.items()))
             for label, which in zip(LABELS, (DocumentsOnly(store), store), strict=True):
-                key = (n, label)
-                rows[key] = measure(which, eid, args.repeats)  # type: ignore[arg-type]
-                print(f"  {label}:")
-                for step, value in rows[key].items():
-                    print(f"    {step:<40} {value:7.3f} s", flush=True)
+                flat = label == FLAT
+                texts = flat or n <= args.baseline_texts_up_to
+                rows[(n, label)] = measure(which, eid, args.repeats, flat, texts)
+            print(f"  {'step':<42} {'baseline':>9} {'flat':>9} {'baseline ÷ flat':>16}")
+            for step, value in rows[(n, FLAT)].items():
+                base = rows[(n, BASELINE)].get(step)
+                ratio = f"×{base / value:.1f}" if base is not None and value else "–"
+                shown = f"{base:8.3f}s" if base is not None else f"{'–':>9}"
+                print(f"  {step:<42} {shown} {value:8.3f}s {ratio:>16}", flush=True)
             store.close()
             print(f"    ({load_average()})", flush=True)
-    total_key = "total (frame + leaderboard + charts)"
     big = sizes[-1]
     if len(sizes) >= 2:
         small = sizes[0]
         for label in LABELS:
             print(f"\ngrowth {big}/{small} (×{big / small:.0f} data), {label}:")
-            for step in rows[(big, label)]:
-                a, b = rows[(small, label)][step], rows[(big, label)][step]
-                print(f"    {step:<40} ×{b / a if a else float('nan'):.1f}")
+            for step, b in rows[(big, label)].items():
+                a = rows[(small, label)].get(step)
+                if a is not None:
+                    print(f"    {step:<42} ×{b / a if a else float('nan'):.1f}")
     print()
     for label in LABELS:
-        total = rows[(big, label)][total_key]
+        total = rows[(big, label)][TOTAL]
         print(
             f"{big} responses, {label}: {total:.2f} s for frame + leaderboard + chart frames (target < 2 s)"
         )
-    print(f"{os.cpu_count()} CPUs, {load_average()}")
+    if PAGE_TOTAL in rows[(big, FLAT)]:
+        print(f"{big} responses, {FLAT}: {rows[(big, FLAT)][PAGE_TOTAL]:.2f} s for all the page computes")
+    print(f"{cpu_line()}, {load_average()}")
     return 0
 
 

@@ -34,7 +34,7 @@ def visible(evaluations: Iterable[Doc]) -> list[Doc]:
 
 
 def _settled(store: Store, evaluation_id: str, what: str) -> Doc:
-    from .jobs import get_evaluation
+    from .jobqueue import get_evaluation
 
     doc = get_evaluation(store, evaluation_id)
     if doc["status"] in ACTIVE_STATUSES:

@@ -123,7 +123,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         eid = evaluations[0]["id"]
     else:
         eid = args.evaluation
-        from .jobs import get_evaluation
+        from .jobqueue import get_evaluation
 
         get_evaluation(store, eid)
     docs = store.list_responses(eid, include_messages=args.format == "json")
@@ -179,7 +179,8 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     print(
         f"RAM: {(snap.ram_total_bytes - snap.ram_available_bytes) / gib:.1f}/{snap.ram_total_bytes / gib:.1f} GiB used"
     )
-    print(f"Disk free for models: {snap.disk_free_bytes / gib:.1f} GiB")
+    disk = "unknown" if snap.disk_free_bytes is None else f"{snap.disk_free_bytes / gib:.1f} GiB"
+    print(f"Disk free for models: {disk}")
     return 0
 
 

@@ -60,7 +60,7 @@ def parse_judge(text: str, models: list[Any] | None = None) -> Any:
         if value.startswith("{"):
             return ModelSpec.model_validate(json.loads(value))
         if value in ("bundled", "fake"):
-            return ModelSpec(kind=value)
+            return ModelSpec.model_validate({"kind": value})
         if value.startswith("bundled:"):
             return ModelSpec(kind="bundled", builtin=value.removeprefix("bundled:"))
         if value.startswith("hf:"):

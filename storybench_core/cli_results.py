@@ -56,7 +56,7 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _evaluation_id(store: Any, given: str | None) -> str:
-    from .jobs import get_evaluation
+    from .jobqueue import get_evaluation
 
     if given:
         return get_evaluation(store, given)["id"]
@@ -72,7 +72,7 @@ def _evaluation_id(store: Any, given: str | None) -> str:
 def cmd_judge(args: argparse.Namespace) -> int:
     from . import audit
     from .access import cli_principal, require
-    from .jobs import evaluation_config, get_evaluation
+    from .jobqueue import evaluation_config, get_evaluation
     from .judge import judge_evaluation
 
     me = cli_principal()

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,10 +254,18 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_unique(self) -> RunConfig:
-        counts = Counter(m.display_name for m in self.models)
-        dupes = sorted(n for n, c in counts.items() if c > 1)
-        if dupes:
-            raise ValueError(f"model names must be unique; give each a 'name' (repeated: {', '.join(dupes)})")
+        # One pass: each model's name (given or derived) is computed once and looked up in a set.
+        seen: set[str] = set()
+        repeated: set[str] = set()
+        for spec in self.models:
+            name = spec.display_name
+            (repeated if name in seen else seen).add(name)
+        if repeated:
+            shown = sorted(repeated)[:10]
+            more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+            raise ValueError(
+                f"model names must be unique; give each a 'name' (repeated: {', '.join(shown)}{more})"
+            )
         if len(set(self.sequences)) != len(self.sequences):
             raise ValueError("sequences lists a sequence twice")
         if self.auto_evaluate and not self.judge.judges():

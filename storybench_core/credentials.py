@@ -172,7 +172,7 @@ def api_key_value(name: str, cwd: Path | None = None) -> str | None:
 
 def bound_key_names(cwd: Path | None = None) -> set[str]:
     """Every variable name a preset or the allowlist binds to an endpoint."""
-    from .backends.presets import list_presets
+    from .backends.preset_catalog import list_presets
 
     names = {p.api_key_env for p in list_presets() if p.api_key_env}
     names |= {r.key_env for r in _all_rules(cwd)[0] if r.key_env}

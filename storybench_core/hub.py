@@ -166,9 +166,7 @@ def resolve_model(ref: ModelRef, progress: Progress | None = None) -> Path:
             local_dir=local_dir_for(ref),
             endpoint=endpoint,
             # always ours: no tqdm bars on a worker's stderr when nobody asked for progress
-            tqdm_class=_progress_class(  # type: ignore[arg-type]
-                progress or _ignore, expected_size, current_stop_check()
-            ),
+            tqdm_class=_progress_class(progress or _ignore, expected_size, current_stop_check()),
         )
     except (HfHubHTTPError, HFValidationError) as exc:
         raise _hub_error(ref, exc, endpoint) from exc

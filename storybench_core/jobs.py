@@ -368,7 +368,7 @@ class Worker:
         if not config.auto_evaluate:
             return None
         try:
-            from .judge import auto_judge_hook
+            from .auto_judge import auto_judge_hook
         except ImportError:
             hooks.event("warning", "auto_evaluate is on but the judge module is not available")
             return None

@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ PROBE_PROMPT: list[Message] = [
 ]
 CACHE_FILE = "batch_widths.json"
 _HEAD_BYTES = 1 << 20
+# A measurement taken while other processes kept some task waiting for a CPU this share of the time
+# is used for this evaluation only, not kept: llama.cpp's threads slow down unevenly when not alone.
+BUSY_SHARE = 0.10
 
 
 def probe_enabled() -> bool:
@@ -122,6 +126,15 @@ def cached_rates(backend: ModelBackend) -> dict[int, float]:
     return {int(w): float(r) for w, r in (entry.get("rates") or {}).items()}
 
 
+def cpu_wait_us() -> int | None:
+    """Microseconds some task has waited for a CPU since boot (Linux PSI), None where unknown."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text(encoding="utf-8").splitlines()[0]
+        return int(line.rsplit("total=", 1)[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def measure_rate(backend: ModelBackend, width: int, tokens: int = PROBE_TOKENS) -> float:
     """Aggregate new tokens/s of `width` copies of the probe prompt decoded together."""
     settings = [GenerationSettings(temperature=0.0, max_tokens=tokens, seed=1 + i) for i in range(width)]
@@ -131,22 +144,51 @@ def measure_rate(backend: ModelBackend, width: int, tokens: int = PROBE_TOKENS) 
     return sum(c.completion_tokens for c in done if c.finish_reason != "error") / elapsed
 
 
+def busy_share(waited_before_us: int | None, started_s: float) -> float | None:
+    """Share of the wall time since started_s in which some task waited for a CPU."""
+    waited = cpu_wait_us()
+    if waited is None or waited_before_us is None:
+        return None
+    return (waited - waited_before_us) / 1e6 / max(time.perf_counter() - started_s, 1e-6)
+
+
+@dataclass
+class Probe:
+    """Decode rates by width for one loaded model, and how they were obtained."""
+
+    rates: dict[int, float]
+    measured: list[int] = field(default_factory=list)  # widths measured now (the rest were cached)
+    seconds: float = 0.0  # time spent measuring now
+    busy_share: float | None = None  # share of that time some task waited for a CPU
+    kept: bool = False  # written to the cache for the next evaluation
+
+    def describe(self) -> str:
+        """'measured now in 4.1 s' / '…, on a busy CPU: not kept' / 'measured before'."""
+        if not self.measured:
+            return "measured before"
+        how = f"measured now in {self.seconds:.1f} s"
+        if self.busy_share is not None and self.busy_share > BUSY_SHARE:
+            how += f", on a busy CPU ({self.busy_share:.0%} waiting): not kept"
+        return how
+
+
 def probe_rates(
     backend: ModelBackend,
     most: int,
     should_stop: Callable[[], bool] = lambda: False,
     widths: Sequence[int] = PROBE_WIDTHS,
-) -> tuple[dict[int, float], list[int]]:
-    """Rates at every candidate width up to `most`, measured now where not cached; and the widths measured now.
+) -> Probe:
+    """Rates at every candidate width up to `most`, measured now where not cached.
 
-    StopRequested propagates when should_stop() says so between two widths.
+    StopRequested propagates when should_stop() says so between two widths. Rates measured
+    on a busy CPU (BUSY_SHARE) are used but not cached.
     """
     key = machine_key(backend)
-    rates = cached_rates(backend)
-    wanted = [w for w in widths if w <= most and w not in rates]
+    probe = Probe(cached_rates(backend))
+    wanted = [w for w in widths if w <= most and w not in probe.rates]
     if not wanted:
-        return rates, []
-    measured: list[int] = []
+        return probe
+    waited_before, started = cpu_wait_us(), time.perf_counter()
     try:
         # One call at the widest width first: the decoder is sized once, the prompt evaluated once.
         backend.chat_batch(  # type: ignore[attr-defined]
@@ -155,18 +197,23 @@ def probe_rates(
         for width in wanted:
             if should_stop():
                 raise StopRequested()
-            rates[width] = round(measure_rate(backend, width), 2)
-            measured.append(width)
+            probe.rates[width] = round(measure_rate(backend, width), 2)
+            probe.measured.append(width)
     except StorybenchError as exc:  # e.g. no memory for the widest context: keep what was measured
         log.warning("%s: batch width probe stopped: %s", backend.name, exc)
-    if key is not None and measured:
+    probe.seconds = time.perf_counter() - started
+    probe.busy_share = busy_share(waited_before, started)
+    if probe.busy_share is not None and probe.busy_share > BUSY_SHARE:
+        log.warning("%s: batch width probe on a busy CPU: not cached", backend.name)
+    elif key is not None and probe.measured:
         path = cache_path()
         data = _read_cache(path)
         data[key[0]] = {
             "identity": key[1],
-            "rates": {str(w): r for w, r in sorted(rates.items())},
+            "rates": {str(w): r for w, r in sorted(probe.rates.items())},
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "probe_tokens": PROBE_TOKENS,
         }
         _write_cache(path, data)
-    return rates, measured
+        probe.kept = True
+    return probe

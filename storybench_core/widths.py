@@ -10,17 +10,16 @@ differ by CPU (llama.cpp's kernels change with the number of rows).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
+from . import hardware
 from .backends.base import ModelBackend
 from .config import GenerationSettingsConfig, ModelSpec
 from .errors import StorybenchError
 from .execution import can_batch
 from .fitting import choose_batch_width
 from .gguf_info import read_gguf_info
-from . import hardware
 from .width_probe import probe_enabled, probe_rates
 
 # Share of free RAM (CPU) the KV caches of a batch may take; VRAM uses generation.vram_limit_percent.
@@ -147,17 +146,15 @@ def width_for(
         width, reason = 1, f"could not size a batch ({exc}); one conversation after another"
     local = getattr(backend, "model_path", None) is not None
     if width > 1 and local and measure and gen.parallel_runs is None and probe_enabled():
-        started = time.perf_counter()
-        rates, measured = probe_rates(backend, width, should_stop)
-        if rates:
-            chosen, rate = width_from_rates(rates, n_conversations, width)
+        probe = probe_rates(backend, width, should_stop)
+        if probe.rates:
+            chosen, rate = width_from_rates(probe.rates, n_conversations, width)
             rounds = balanced_parts(n_conversations, chosen)
-            how = f"measured now in {time.perf_counter() - started:.1f} s" if measured else "measured before"
-            table = ", ".join(f"{w}: {r:.1f}" for w, r in sorted(rates.items()) if w <= width)
+            table = ", ".join(f"{w}: {r:.1f}" for w, r in sorted(probe.rates.items()) if w <= width)
             reason = (
                 f"{n_conversations} conversations in {len(rounds)} round(s) of {chosen} or fewer, "
-                f"about {rate:.1f} tok/s decoding (aggregate decode tok/s by width, {how}: {table}); "
-                f"memory allows {width}: {reason}"
+                f"about {rate:.1f} tok/s decoding (aggregate decode tok/s by width, {probe.describe()}: "
+                f"{table}); memory allows {width}: {reason}"
             )
             width = chosen
     if width > 1 or gen.parallel_runs not in (None, 1):

@@ -176,6 +176,27 @@ def test_tasks_per_evaluation_are_capped_and_the_limit_named(monkeypatch: pytest
     assert parse_config(data).generation.runs == 100
 
 
+def test_model_names_are_checked_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each model's name (given or derived) is computed once: no pairwise comparison of models."""
+    monkeypatch.setenv("STORYBENCH_MAX_MODELS", "100000")
+    monkeypatch.setenv("STORYBENCH_MAX_TASKS", "100000000")
+    computed = []
+    derive = ModelSpec.display_name.fget
+    monkeypatch.setattr(ModelSpec, "display_name", property(lambda spec: computed.append(1) or derive(spec)))
+    n = 3000
+    named = [{"kind": "fake", "name": f"m{i}"} for i in range(n // 2)]
+    derived = [{"kind": "hf", "repo_id": f"owner/repo{i}", "filename": "model.gguf"} for i in range(n // 2)]
+    assert len(parse_config(base(models=named + derived)).models) == n
+    assert len(computed) == n
+
+    computed.clear()
+    twice = named + derived + named  # every given name repeated
+    with pytest.raises(ConfigError, match=r"repeated: m0, m1, m10, .* and 1490 more\)") as caught:
+        parse_config(base(models=twice))
+    assert len(computed) == len(twice)
+    assert len(str(caught.value)) < 500  # the message names ten, not every repeated model
+
+
 def test_judges_are_capped() -> None:
     judge = {
         "model": {"kind": "fake", "name": "j0"},

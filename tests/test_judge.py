@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from storybench_core import catalog, jobs, judge, results
+from storybench_core import auto_judge, catalog, jobs, judge, results
 from storybench_core.access import LOCAL_ADMIN
 from storybench_core.backends.fake import FakeBackend
 from storybench_core.backends.registry import create_backend
@@ -474,7 +474,7 @@ def recording_pool():
 
 
 def test_auto_judge_hook_is_off_without_auto_evaluate(store):
-    assert judge.auto_judge_hook(store, make_config(), "x", ModelPool(), print) is None
+    assert auto_judge.auto_judge_hook(store, make_config(), "x", ModelPool(), print) is None
 
 
 def test_auto_evaluate_judges_each_response_as_it_is_stored(store):
@@ -488,7 +488,7 @@ def test_auto_evaluate_judges_each_response_as_it_is_stored(store):
 
 
 def test_auto_evaluate_with_the_candidate_as_judge_reuses_the_loaded_model(store, monkeypatch):
-    monkeypatch.setattr(judge, "LOCAL_KINDS", judge.LOCAL_KINDS | {"fake"})
+    monkeypatch.setattr(auto_judge, "LOCAL_KINDS", auto_judge.LOCAL_KINDS | {"fake"})
     same_as_a = {"kind": "fake", "name": "self-judge", "options": {"words": 20}}
     pool, loads = recording_pool()
     eid = stored_run(store, make_config(judges=(same_as_a,), auto=True, models=(WRITER_A,)), pool=pool)
@@ -498,7 +498,7 @@ def test_auto_evaluate_with_the_candidate_as_judge_reuses_the_loaded_model(store
 
 
 def test_auto_evaluate_with_another_local_judge_queues_until_the_model_is_done(store, monkeypatch):
-    monkeypatch.setattr(judge, "LOCAL_KINDS", judge.LOCAL_KINDS | {"fake"})
+    monkeypatch.setattr(auto_judge, "LOCAL_KINDS", auto_judge.LOCAL_KINDS | {"fake"})
     other = {"kind": "fake", "name": "local-judge", "options": {"words": 3}}
     pool, loads = recording_pool()
     eid = stored_run(store, make_config(judges=(other,), auto=True), pool=pool)
@@ -512,7 +512,7 @@ def test_auto_evaluate_with_another_local_judge_queues_until_the_model_is_done(s
 
 
 def test_queued_responses_left_by_a_failed_last_task_are_judged_by_flush(store, monkeypatch):
-    monkeypatch.setattr(judge, "LOCAL_KINDS", judge.LOCAL_KINDS | {"fake"})
+    monkeypatch.setattr(auto_judge, "LOCAL_KINDS", auto_judge.LOCAL_KINDS | {"fake"})
     other = {"kind": "fake", "name": "local-judge", "options": {"words": 3}}
     # The last turn of the only conversation fails, so no later response triggers the queue.
     failing = {
@@ -522,14 +522,14 @@ def test_queued_responses_left_by_a_failed_last_task_are_judged_by_flush(store, 
     }
     config = make_config(judges=(other,), auto=True, models=(failing,))
     hooks = []
-    real = judge.auto_judge_hook
+    real = auto_judge.auto_judge_hook
 
     def spy(*args):
         hook = real(*args)
         hooks.append(hook)
         return hook
 
-    monkeypatch.setattr(judge, "auto_judge_hook", spy)
+    monkeypatch.setattr(auto_judge, "auto_judge_hook", spy)
     eid = stored_run(store, config)
     assert store.count_responses(eid, errors=True) == 1
     # The worker flushes the queue when the run ends, so both stored responses are judged.

@@ -79,23 +79,25 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return rate_at(AVX2_LIKE, width)
 
     monkeypatch.setattr(width_probe, "measure_rate", fake_measure)
+    monkeypatch.setattr(width_probe, "cpu_wait_us", lambda: 0)  # an idle CPU, whatever else runs
     return asked
 
 
 def test_probe_measures_once_per_model_and_machine(model: Path, scripted: list[int]) -> None:
     backend = LocalFake(model)
-    rates, measured = width_probe.probe_rates(backend, 8)
-    assert measured == scripted == [1, 2, 3, 4, 5, 6, 7, 8]
+    probe = width_probe.probe_rates(backend, 8)
+    assert probe.measured == scripted == [1, 2, 3, 4, 5, 6, 7, 8] and probe.kept
     assert backend.batch_sizes[0] == 8  # one call at the widest width first: the decoder sized once
     cache = json.loads(width_probe.cache_path().read_text())
     (entry,) = cache.values()
     assert entry["identity"]["file"] == "tiny.gguf" and entry["identity"]["engine"]["n_threads"] == 2
     assert entry["rates"]["4"] == 70.7
     # The same model and machine: nothing measured again; wider widths are measured when allowed.
-    assert width_probe.probe_rates(LocalFake(model), 8) == (rates, [])
-    assert width_probe.probe_rates(LocalFake(model), 12)[1] == [10, 12]
+    again = width_probe.probe_rates(LocalFake(model), 8)
+    assert again.rates == probe.rates and again.measured == [] and again.describe() == "measured before"
+    assert width_probe.probe_rates(LocalFake(model), 12).measured == [10, 12]
     # Another thread count is another machine.
-    assert width_probe.probe_rates(LocalFake(model, threads=1), 2)[1] == [1, 2]
+    assert width_probe.probe_rates(LocalFake(model, threads=1), 2).measured == [1, 2]
     assert len(json.loads(width_probe.cache_path().read_text())) == 2
 
 
@@ -141,6 +143,16 @@ def test_probe_turned_off_by_the_environment(
     assert scripted == []
 
 
+def test_a_probe_on_a_busy_cpu_is_used_but_not_kept(
+    model: Path, scripted: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waited = iter([0, 10**9])  # a thousand seconds of waiting during the probe
+    monkeypatch.setattr(width_probe, "cpu_wait_us", lambda: next(waited))
+    probe = width_probe.probe_rates(LocalFake(model), 4)
+    assert probe.rates[4] == 70.7 and not probe.kept and "busy CPU" in probe.describe()
+    assert not width_probe.cache_path().exists()
+
+
 def test_a_stop_during_the_probe_propagates(model: Path, scripted: list[int]) -> None:
     with pytest.raises(StopRequested):
         width_probe.probe_rates(LocalFake(model), 4, should_stop=lambda: True)
@@ -156,8 +168,8 @@ def test_probe_on_the_real_model(bundled_model: Path) -> None:
         GenerationSettingsConfig(n_ctx=512, max_tokens=16),
     )
     try:
-        rates, measured = width_probe.probe_rates(backend, 3)
-        assert measured == [1, 2, 3] and all(r > 0 for r in rates.values())
-        assert width_probe.cached_rates(backend) == rates
+        probe = width_probe.probe_rates(backend, 3)
+        assert probe.measured == [1, 2, 3] and all(r > 0 for r in probe.rates.values())
+        assert not probe.kept or width_probe.cached_rates(backend) == probe.rates
     finally:
         backend.close()

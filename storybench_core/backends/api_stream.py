@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 POLL_S = 1.0
@@ -29,7 +29,7 @@ def pump(
     on_idle: Callable[[], None] | None = None,
     on_open: Callable[[Any], None] | None = None,
     poll_s: float = POLL_S,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """The items of open_stream(), read in a helper thread; raises what the helper raised.
 
     `deadline` is a time.monotonic() value; past it WallTimeExceeded is raised.

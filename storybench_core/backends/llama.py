@@ -1,4 +1,8 @@
-"""Local GGUF models through llama-cpp-python; the only module that imports `llama_cpp`.
+"""Local GGUF models through llama-cpp-python: loading, the backend, and JSON-schema grammars.
+
+For generation, `llama_cpp` is imported only by the llama*.py modules of this package (this
+one, the chat templates, the batch decoder and its sampling), which map its failures to ours;
+hardware.py reads its build flags.
 
 Every model file passes `validate_gguf` before llama.cpp sees it, so a
 missing, truncated or foreign file is a `ModelFileError`, never a crash in C.

@@ -40,7 +40,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -142,11 +142,13 @@ def _render_jinja(messages: Sequence[Message], template: PromptTemplate) -> str:
             f"the model's chat template does not compile ({exc}) — set options.chat_format = "
             f"'{PLAIN_TRANSCRIPT}' for this model"
         ) from exc
+    # llama-cpp-python types the messages as its own TypedDicts; ours are plain role/content dicts.
+    as_given: list[Any] = list(messages)
     try:
-        return formatter(messages=list(messages)).prompt
+        return formatter(messages=as_given).prompt
     except Exception as exc:
         # Some templates refuse a system role ("roles must alternate"): fold it into the first user turn.
-        merged = _merge_system(messages)
+        merged: list[Any] | None = _merge_system(messages)
         if merged is not None:
             try:
                 return formatter(messages=merged).prompt

@@ -46,7 +46,7 @@ class RetryPolicy:
             raise ConfigError(f"model options: {', '.join(names)} must be numbers ({exc})") from None
         if any(not 0 <= v < float("inf") for v in asked.values()):
             raise ConfigError(f"model options: {', '.join(names)} must be finite and not negative")
-        return cls(**{n: min(v, RETRY_LIMITS[n]) for n, v in asked.items()})  # type: ignore[arg-type]
+        return cls(**{n: min(v, RETRY_LIMITS[n]) for n, v in asked.items()})
 
     def backoff_s(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Full jitter: uniform in [0, min(max, base · 2^attempt)]."""

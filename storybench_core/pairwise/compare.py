@@ -6,6 +6,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -218,6 +219,7 @@ def compare_judge_evaluation(
             if stop():
                 summary.stop_reason = "stopped"
                 break
+            pair: Pair | None
             if queue:
                 pair, why = queue.pop(0), ""
             else:
@@ -230,7 +232,7 @@ def compare_judge_evaluation(
             if summary.calls + len(missing) > budget:
                 summary.stop_reason = "budget"
                 break
-            options = dict(
+            options: dict[str, Any] = dict(
                 groups=groups, budget_chars=budget_chars, max_tokens=max_tokens,
                 temperature=cfg.temperature, max_retries=cfg.max_retries,
             )  # fmt: skip

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Sequence
 from uuid import uuid4
 
-from ..backends.base import Completion, GenerationSettings, Message, ModelBackend
-from ..errors import JudgeError, StorybenchError
-from ..judge import ask_one, ask_together
+from ..backends.base import Message, ModelBackend
+from ..errors import JudgeError
 from ..store.base import Doc
+from ..structured_ask import StructuredAsk, ask_one, ask_together
 from .pairs import (
     DEFAULT_BUDGET_CHARS,
     DEFAULT_GROUPS,
@@ -18,7 +17,6 @@ from .pairs import (
     RAW_KEEP_CHARS,
     CriterionGroup,
     Pair,
-    now_utc,
 )
 from .prompt import earlier_briefs, pair_messages, parse_verdict, verdict_schema
 
@@ -53,141 +51,87 @@ def _fit_budget(
         budget = max(200, budget * 3 // 4)
 
 
-class _VerdictTask:
-    """One order of one pair being judged: its verdict document, next messages and retries."""
+def verdict_task(
+    backend: ModelBackend,
+    judge_name: str,
+    pair: Pair,
+    order: str,
+    responses: dict[str, Doc],
+    groups: Sequence[CriterionGroup],
+    budget_chars: int,
+    max_tokens: int,
+    temperature: float,
+    max_retries: int,
+    attempt: int,
+) -> StructuredAsk[tuple[dict[str, str], str]]:
+    """One order of one pair to ask for: its verdict document, messages, schema, seeds and retries."""
+    model_a, model_b, rid_a, rid_b = pair.shown(order)
+    doc_a, doc_b = responses[rid_a], responses[rid_b]
+    text_a, text_b = str(doc_a.get("response") or ""), str(doc_b.get("response") or "")
+    constrained = bool(getattr(backend, "supports_json_schema", False))
+    verdict: Doc = {
+        "id": uuid4().hex,
+        "evaluation_id": pair.scope,
+        "verdict_key": verdict_key(pair.pair_key, judge_name, order, attempt),
+        "pair_key": pair.pair_key,
+        "judge": judge_name,
+        "order": order,
+        "attempt": attempt,
+        "model_1": pair.model_1,
+        "model_2": pair.model_2,
+        "model_a": model_a,
+        "model_b": model_b,
+        "response_a": rid_a,
+        "response_b": rid_b,
+        "sequence": pair.sequence,
+        "run": pair.run,
+        "prompt_index": pair.prompt_index,
+        "groups": None,
+        "reason": None,
+        "raw_output": None,
+        "error": None,
+        "retries": 0,
+        "calls": 0,
+        "budget_chars": budget_chars,
+        "chars_a": len(text_a),
+        "chars_b": len(text_b),
+        "structured_output": "json_schema" if constrained else "prompt-only",
+        "temperature": temperature,
+    }
+    brief = str(doc_a.get("prompt_text") or "")
 
-    def __init__(
-        self,
-        backend: ModelBackend,
-        judge_name: str,
-        pair: Pair,
-        order: str,
-        responses: dict[str, Doc],
-        groups: Sequence[CriterionGroup],
-        budget_chars: int,
-        max_tokens: int,
-        temperature: float,
-        max_retries: int,
-        attempt: int,
-    ) -> None:
-        model_a, model_b, rid_a, rid_b = pair.shown(order)
-        doc_a, doc_b = responses[rid_a], responses[rid_b]
-        text_a, text_b = str(doc_a.get("response") or ""), str(doc_b.get("response") or "")
-        constrained = bool(getattr(backend, "supports_json_schema", False))
-        self.pair, self.order, self.attempt = pair, order, attempt
-        self.groups, self.max_tokens, self.temperature, self.max_retries = (
-            groups,
-            max_tokens,
-            temperature,
-            max_retries,
-        )
-        self.verdict: Doc = {
-            "id": uuid4().hex,
-            "evaluation_id": pair.scope,
-            "verdict_key": verdict_key(pair.pair_key, judge_name, order, attempt),
-            "pair_key": pair.pair_key,
-            "judge": judge_name,
-            "order": order,
-            "attempt": attempt,
-            "model_1": pair.model_1,
-            "model_2": pair.model_2,
-            "model_a": model_a,
-            "model_b": model_b,
-            "response_a": rid_a,
-            "response_b": rid_b,
-            "sequence": pair.sequence,
-            "run": pair.run,
-            "prompt_index": pair.prompt_index,
-            "groups": None,
-            "reason": None,
-            "raw_output": None,
-            "error": None,
-            "retries": 0,
-            "calls": 0,
-            "budget_chars": budget_chars,
-            "chars_a": len(text_a),
-            "chars_b": len(text_b),
-            "structured_output": "json_schema" if constrained else "prompt-only",
-            "temperature": temperature,
-        }
-        self.schema = verdict_schema(groups) if constrained else None
-        self.error = ""
-        self.tries = 0
-        self.started = time.perf_counter()
-        self.finished = False
-        self.messages: list[Message] = []
-        brief = str(doc_a.get("prompt_text") or "")
+    def make(budget: int) -> list[Message]:
+        return pair_messages(brief, earlier_briefs(doc_a), text_a, text_b, groups, budget)
 
-        def make(budget: int) -> list[Message]:
-            return pair_messages(brief, earlier_briefs(doc_a), text_a, text_b, groups, budget)
+    messages: list[Message] = []
+    setup_error = None
+    try:
+        messages, used = _fit_budget(backend, make, budget_chars, max_tokens)
+        verdict["budget_chars"] = used
+        verdict["clipped"] = max(len(text_a), len(text_b)) > used
+    except JudgeError as exc:
+        setup_error = str(exc)
 
-        try:
-            self.messages, used = _fit_budget(backend, make, budget_chars, max_tokens)
-        except JudgeError as exc:
-            self.verdict.update(error=str(exc), created_at=now_utc())
-            self.finished = True
-            return
-        self.verdict["budget_chars"] = used
-        self.verdict["clipped"] = max(len(text_a), len(text_b)) > used
+    def accept(answer: tuple[dict[str, str], str]) -> None:
+        labels, reason = answer
+        verdict.update(groups=labels, reason=reason)
 
-    @property
-    def pending(self) -> bool:
-        return not self.finished
-
-    def settings(self) -> GenerationSettings:
-        """The next try's settings; counts the call."""
-        self.verdict["retries"] = self.tries
-        self.verdict["calls"] += 1
-        return GenerationSettings(
-            temperature=self.temperature,
-            top_p=1.0,
-            max_tokens=self.max_tokens,
-            seed=_seed(self.pair.pair_key, self.order, self.attempt, self.tries),
-            json_schema=self.schema,
-        )
-
-    def call_failed(self, exc: StorybenchError | str) -> None:
-        self.error = f"judge model failed: {exc}"
-        self._next_try()
-
-    def take(self, completion: Completion) -> None:
-        """Validate one answer: keep its labels, or feed the reason back for the next try."""
-        if completion.finish_reason == "error":
-            self.call_failed(str(completion.extra.get("error") or "no answer"))
-            return
-        self.verdict["raw_output"] = completion.text[:RAW_KEEP_CHARS]
-        self.verdict["finish_reason"] = completion.finish_reason
-        try:
-            labels, reason = parse_verdict(completion.text, self.groups)
-        except JudgeError as exc:
-            error = str(exc)
-            if completion.finish_reason == "length":
-                error += f" (the answer hit max_tokens = {self.max_tokens})"
-            self.error = error
-            self.messages = [
-                *self.messages[:2],
-                {"role": "assistant", "content": completion.text[:1500]},
-                {
-                    "role": "user",
-                    "content": f"That answer could not be used: {error}. Reply again with only the JSON object, "
-                    "one label per group.",
-                },
-            ]
-            self._next_try()
-            return
-        self.verdict.update(groups=labels, reason=reason, error=None)
-        self._close()
-
-    def _next_try(self) -> None:
-        self.tries += 1
-        if self.tries > self.max_retries:
-            self.verdict["error"] = f"no valid verdict after {self.max_retries + 1} tries: {self.error}"
-            self._close()
-
-    def _close(self) -> None:
-        self.finished = True
-        self.verdict["generation_time_s"] = round(time.perf_counter() - self.started, 4)
-        self.verdict["created_at"] = now_utc()
+    return StructuredAsk(
+        verdict,
+        messages,
+        parse=lambda text: parse_verdict(text, groups),
+        accept=accept,
+        seed_for=lambda retry: _seed(pair.pair_key, order, attempt, retry),
+        temperature=temperature,
+        max_tokens=max_tokens,
+        max_retries=max_retries,
+        schema=verdict_schema(groups) if constrained else None,
+        retry_hint="Reply again with only the JSON object, one label per group.",
+        what="verdict",
+        raw_keep_chars=RAW_KEEP_CHARS,
+        count_calls=True,
+        setup_error=setup_error,
+    )
 
 
 def judge_pair(
@@ -205,7 +149,7 @@ def judge_pair(
     attempt: int = 1,
 ) -> Doc:
     """Judge one order of one pair (with retries); returns the verdict document, valid or failed."""
-    task = _VerdictTask(
+    task = verdict_task(
         backend,
         judge_name,
         pair,
@@ -219,7 +163,7 @@ def judge_pair(
         attempt,
     )
     ask_one(backend, task)
-    return task.verdict
+    return task.doc
 
 
 def judge_pair_orders(
@@ -242,7 +186,7 @@ def judge_pair_orders(
     round sends every order still pending in one call.
     """
     tasks = [
-        _VerdictTask(
+        verdict_task(
             backend,
             judge_name,
             pair,
@@ -258,4 +202,4 @@ def judge_pair_orders(
         for order in orders
     ]
     ask_together(backend, tasks)
-    return [t.verdict for t in tasks]
+    return [t.doc for t in tasks]

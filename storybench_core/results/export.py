@@ -43,7 +43,7 @@ def _plain(value: Any) -> Any:
 
 def evaluation_json(store: Store, evaluation_id: str, *, include_messages: bool = False) -> dict[str, Any]:
     """The evaluation, its responses and, under each response, its judgements (plain JSON types)."""
-    from ..jobs import get_evaluation
+    from ..jobqueue import get_evaluation
 
     evaluation = get_evaluation(store, evaluation_id)
     by_response: dict[str, list[Doc]] = {}
@@ -95,7 +95,7 @@ def _excerpt(text: str, limit: int = 600) -> str:
 
 def markdown_report(store: Store, evaluation_id: str, *, n_samples: int = 2) -> str:
     """A Markdown report: leaderboard, per-criterion and per-sequence tables, best and worst responses."""
-    from ..jobs import get_evaluation
+    from ..jobqueue import get_evaluation
 
     evaluation = get_evaluation(store, evaluation_id)
     df = responses_frame(store, evaluation_id)  # no texts: only the few excerpts below are read

@@ -78,7 +78,7 @@ class Store(Protocol):
 
     # --- evaluations --------------------------------------------------------
     def create_evaluation(self, doc: Doc) -> str:
-        """Insert a new evaluation (id assigned if missing); returns its id."""
+        """Insert a new evaluation (id assigned if missing); returns its id. DuplicateError on a taken id."""
         ...
 
     def get_evaluation(self, evaluation_id: str, *, brief: bool = False) -> Doc | None:
@@ -205,7 +205,7 @@ class Store(Protocol):
 
     # --- judgements ---------------------------------------------------------
     def add_judgement(self, doc: Doc) -> str:
-        """Insert a judgement; unique on (response_id, judge_model, rubric_hash, attempt)."""
+        """Insert a judgement; unique on (response_id, judge_model, rubric_hash, attempt) (DuplicateError)."""
         ...
 
     def list_judgements(
@@ -233,13 +233,13 @@ class Store(Protocol):
 
     # --- pairwise verdicts and human votes -----------------------------------
     def add_verdict(self, doc: Doc) -> str:
-        """Insert a pairwise verdict; unique on verdict_key."""
+        """Insert a pairwise verdict; unique on verdict_key (DuplicateError)."""
         ...
 
     def list_verdicts(self, evaluation_id: str | None = None, *, judge: str | None = None) -> list[Doc]: ...
 
     def add_vote(self, doc: Doc) -> str:
-        """Insert a human vote; unique on (voter, pair_key). Raises StoreError on a repeat."""
+        """Insert a human vote; unique on (voter, pair_key). Raises DuplicateError on a repeat."""
         ...
 
     def list_votes(self, evaluation_id: str | None = None, *, voter: str | None = None) -> list[Doc]: ...

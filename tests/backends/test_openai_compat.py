@@ -26,10 +26,11 @@ from storybench_core.backends.openai_compat import (
     RateLimiter,
     RetryPolicy,
     approx_tokens,
+    list_endpoint_models,
     parse_retry_after,
     resolve_api_key,
 )
-from storybench_core.backends.presets import get_preset, list_models, list_presets, spec_from_preset
+from storybench_core.backends.presets import get_preset, list_presets, spec_from_preset
 from storybench_core.backends.registry import create_backend
 from storybench_core.config import GenerationSettingsConfig, ModelSpec
 from storybench_core.errors import (
@@ -401,14 +402,14 @@ def test_registry_builds_the_api_backend(server: ScriptedOpenAIServer) -> None:
     assert backend_for(api_spec(server)).context_size() == GenerationSettingsConfig().n_ctx
 
 
-def test_list_models(server: ScriptedOpenAIServer) -> None:
-    assert list_models(api_spec(server)) == ["judge-model", "story-model"]
+def test_list_endpoint_models(server: ScriptedOpenAIServer) -> None:
+    assert list_endpoint_models(api_spec(server)) == ["judge-model", "story-model"]
 
 
 def test_list_models_wrong_base_url(server: ScriptedOpenAIServer) -> None:
     spec = ModelSpec(kind="api", base_url=server.base_url.removesuffix("/v1") + "/nowhere", api_model="m")
     with pytest.raises(ApiError, match="check base_url"):
-        list_models(spec)
+        list_endpoint_models(spec)
 
 
 # --- slow: llama-cpp-python's own OpenAI-compatible server ---------------------------
