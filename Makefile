@@ -39,10 +39,9 @@ format:
 bench: setup
 	$(PY) bench/throughput.py
 
-## Batched vs sequential generation, then against llama.cpp's llama-server -np 3 (built on first use).
+## The quickstart's work at width 1, per sequence, whole evaluation, and llama.cpp's llama-server -np 8 (built on first use).
 bench-batched: setup
-	$(PY) bench/batched.py
-	$(PY) bench/batched.py --widths 3 --skip-local --llama-server "$$(bash bench/llama_server.sh)"
+	$(PY) bench/batched.py --llama-server auto
 
 ## Rebuild llama-cpp-python from source with this machine's flags (AMX off), ignoring every wheel cache.
 rebuild-llama:

@@ -26,7 +26,7 @@ log = logging.getLogger("storybench")
 Command = Callable[[argparse.Namespace], int]
 
 
-def _store(args: argparse.Namespace) -> Any:
+def cli_store(args: argparse.Namespace) -> Any:
     from .store.factory import open_store
 
     return open_store(getattr(args, "store", None))
@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .progress import ConsoleProgress, print_summary
 
-    store = _store(args)
+    store = cli_store(args)
     me = cli_principal()
     if args.resume:
         doc = jobs.get_evaluation(store, args.resume)
@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from . import jobs
 
-    store = _store(args)
+    store = cli_store(args)
     worker = jobs.Worker(store, poll_s=args.poll)
     print(f"worker {worker.worker_id} polling {store.describe()} (Ctrl-C to stop)", file=sys.stderr)
     if args.once:
@@ -112,7 +112,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from .progress import response_rows, to_table
 
-    store = _store(args)
+    store = cli_store(args)
     if args.evaluation is None:
         evaluations = [e for e in store.list_evaluations() if e.get("archived_at") is None]
         if not evaluations:
@@ -233,14 +233,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         from .access import cli_principal
 
         bar = ByteProgress(f"{args.repo_id}/{args.filename}")
-        path = hub.download_model(_store(args), cli_principal(), ref, progress=bar.update)
+        path = hub.download_model(cli_store(args), cli_principal(), ref, progress=bar.update)
         bar.close()
         print(path)
         return 0
     if args.models_cmd == "delete":
         from .access import cli_principal
 
-        hub.delete_cached_model(Path(args.path), cli_principal(), _store(args))
+        hub.delete_cached_model(Path(args.path), cli_principal(), cli_store(args))
         print(f"deleted {args.path}")
         return 0
     if args.models_cmd == "prepare":
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live beside their feature (judge, export, …)."""
     found = []
-    for module in ("cli_results", "cli_pairwise", "cli_admin", "cli_jobs"):
+    for module in ("cli_results", "cli_pairwise", "cli_admin", "cli_jobs", "cli_calibrate"):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=["register"])
         except ImportError:

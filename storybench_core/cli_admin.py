@@ -17,9 +17,9 @@ from .text_safety import terminal_safe
 def cmd_archive(args: argparse.Namespace) -> int:
     from . import archive
     from .access import cli_principal
-    from .cli import _store
+    from .cli import cli_store
 
-    store = _store(args)
+    store = cli_store(args)
     if args.restore:
         archive.restore_evaluation(store, args.evaluation, cli_principal())
         print(f"restored {args.evaluation}: it shows in results and leaderboards again", file=sys.stderr)
@@ -36,21 +36,21 @@ def cmd_archive(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     from . import archive
     from .access import cli_principal
-    from .cli import _store
+    from .cli import cli_store
 
-    path = archive.export_then_delete(_store(args), args.evaluation, cli_principal(), Path(args.export))
+    path = archive.export_then_delete(cli_store(args), args.evaluation, cli_principal(), Path(args.export))
     print(f"exported {args.evaluation} to {path}, then deleted it from the store", file=sys.stderr)
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from . import audit
-    from .cli import _store
+    from .cli import cli_store
     from .progress import to_table
 
     since = audit.parse_since(args.since) if args.since else None
     found = audit.entries(
-        _store(args), actor=args.actor, action=args.action, target=args.target, since=since, limit=args.limit
+        cli_store(args), actor=args.actor, action=args.action, target=args.target, since=since, limit=args.limit
     )
     if args.format == "csv":
         text = audit.export_csv(found)

@@ -13,10 +13,10 @@ from .text_safety import terminal_safe
 def cmd_jobs(args: argparse.Namespace) -> int:
     from . import job_kinds
     from .access import cli_principal
-    from .cli import _store
+    from .cli import cli_store
     from .progress import to_table
 
-    store = _store(args)
+    store = cli_store(args)
     me = cli_principal()
     if args.stop:
         status = job_kinds.request_stop_job(store, args.stop, me)

@@ -92,12 +92,12 @@ def _fmt(value: Any) -> str:
 def cmd_compare_judge(args: argparse.Namespace) -> int:
     from . import audit, jobs, pairwise
     from .access import cli_principal, require
-    from .cli import _store
+    from .cli import cli_store
     from .progress import to_table
 
     me = cli_principal()
     require(me, "judge")
-    store: Store = _store(args)
+    store: Store = cli_store(args)
     configs = [jobs.evaluation_config(jobs.get_evaluation(store, eid)) for eid in args.evaluation]
     spec = parse_judge(args.judge, [m for c in configs for m in c.models]) if args.judge else None
     if args.queue:

@@ -49,7 +49,7 @@ def parse_judge_model(text: str) -> Any:
         raise ConfigError(f"--judge-model: {problems}") from None
 
 
-def _store(args: argparse.Namespace) -> Any:
+def cli_store(args: argparse.Namespace) -> Any:
     from .store.factory import open_store
 
     return open_store(getattr(args, "store", None))
@@ -77,7 +77,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     me = cli_principal()
     require(me, "judge")
-    store = _store(args)
+    store = cli_store(args)
     evaluation = get_evaluation(store, args.evaluation)
     config = evaluation_config(evaluation)
     specs = [parse_judge_model(m) for m in args.judge_model or []] or config.judge.judges()
@@ -113,7 +113,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from . import results
 
-    store = _store(args)
+    store = cli_store(args)
     eid = _evaluation_id(store, args.evaluation)
     out = Path(args.out)
     if args.format == "csv":
@@ -134,7 +134,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from . import results
     from .progress import to_table
 
-    store = _store(args)
+    store = cli_store(args)
     eid = _evaluation_id(store, args.evaluation)
     frame = results.responses_frame(store, eid)
     board = results.leaderboard(frame, judge=args.judge)
@@ -158,7 +158,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         )
     print(f"evaluation {eid}" + (f" · judge {args.judge}" if args.judge else ""))
     print(to_table(rows))
+    _print_judge_cards(store, frame, args.judge)
     return 0
+
+
+def _print_judge_cards(store: Any, frame: Any, only: str | None) -> None:
+    """Beside the ranking: each judge's reliability verdict, its warning, or that it is uncalibrated."""
+    from .views.reliability import judge_cards
+
+    judges = [only] if only else sorted({str(j) for j in frame.get("judge_model", []) if isinstance(j, str)})
+    for card in judge_cards(store, judges):
+        print(terminal_safe(card.headline), file=sys.stderr)
+        if card.warning:
+            print(terminal_safe(f"warning: {card.warning}"), file=sys.stderr)
+        elif card.flag == "uncalibrated":
+            print(terminal_safe(f"  calibrate it: storybench calibrate-judge --judge '{card.judge}'"), file=sys.stderr)
 
 
 def register(subparsers: Any) -> None:

@@ -1,4 +1,4 @@
-"""Jobs other than runs — judging and pairwise comparison — queued in the store like runs.
+"""Jobs other than runs — judging, pairwise comparison, judge calibration — queued in the store like runs.
 
 "Judge now" on the Results page, `storybench judge --queue` and `storybench compare-judge
 --queue` insert a job; the same Worker that runs evaluations claims it with a lease, through the
@@ -216,6 +216,16 @@ def run_job(
                 "stop_reason": compared.stop_reason,
             },
         )
+    if kind == "calibrate":
+        from .calibration import calibrate_judge
+
+        options = {
+            k: params[k] for k in ("rungs", "attempts", "ladders", "modes") if params.get(k) is not None
+        }
+        card = calibrate_judge(
+            store, eid, spec, pool, event=event, progress=progress, should_stop=should_stop, **options
+        )
+        return JobOutcome(summary=card)
     raise JobError(f"job {doc['id']} has an unknown kind '{kind}'; known: {', '.join(JOB_KINDS)}")
 
 

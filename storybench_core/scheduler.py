@@ -194,15 +194,9 @@ class Scheduler:
         )
         return _Turn(conv, task, seed, settings, fitted)
 
-    def _stored(self, turn: _Turn, completion: Completion) -> Doc:
-        doc = self.run.store_response(
-            self.spec,
-            turn.task,
-            turn.seed,
-            turn.fitted,
-            completion,
-            batch_width=self.width if self.batched else None,
-        )
+    def _stored(self, turn: _Turn, completion: Completion, wave_size: int | None) -> Doc:
+        """Store a finished turn; wave_size: how many were generated together (None: width 1)."""
+        doc = self.run.store_response(self.spec, turn.task, turn.seed, turn.fitted, completion, wave_size)
         self.run.hooks.event(
             "info",
             f"stored {turn.task.label}: {completion.completion_tokens} tokens in "
@@ -267,7 +261,7 @@ class Scheduler:
             )
             conv.broke(task)
             return
-        doc = self._stored(turn, completion)
+        doc = self._stored(turn, completion, None)
         self.run.progress(
             self.spec,
             task,
@@ -333,7 +327,7 @@ class Scheduler:
                     turn, str(completion.extra.get("error") or "the backend could not generate this response")
                 )
             else:
-                finished.append(self._stored(turn, completion))
+                finished.append(self._stored(turn, completion, len(turns)))
             if hooks.should_stop():  # between two stored responses is a clean place to stop
                 raise StopRequested()
 

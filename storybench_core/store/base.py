@@ -31,7 +31,7 @@ JUDGEMENT_SCORE_FIELDS = (
 # The status sets are the Literal types of records.py (EvaluationStatus, ActiveStatus).
 EVALUATION_STATUSES: tuple[EvaluationStatus, ...] = get_args(EvaluationStatus)
 ACTIVE_STATUSES: tuple[ActiveStatus, ...] = get_args(ActiveStatus)
-JOB_KINDS = ("judge", "pairwise")
+JOB_KINDS = ("judge", "pairwise", "calibrate")
 # Fields a brief evaluation document leaves out: the config can be large, and every viewer's
 # sidebar and Run page poll the listing every few seconds.
 HEAVY_EVALUATION_FIELDS = ("config",)
