@@ -83,7 +83,10 @@ def enqueue_job(
     }
     job_id = store.create_job(doc)
     store.append_event(evaluation_id, "info", f"{kind} job {job_id} queued by {principal.id}", job=job_id)
-    audit.record(store, principal, kind, evaluation_id, {"job": job_id, "judge": doc["label"], **params})
+    # Every kind is judging (rubric, pairwise, calibration): one audited action, the kind in the details.
+    audit.record(
+        store, principal, "judge", evaluation_id, {"job": job_id, "kind": kind, "judge": doc["label"], **params}
+    )
     return job_id, True
 
 

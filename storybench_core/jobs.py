@@ -344,7 +344,7 @@ class Worker:
             state["progress_at"] = now
 
             def write() -> None:
-                update = {"progress": fields | {"updated_at": now_utc().isoformat()}}
+                update: Doc = {"progress": fields | {"updated_at": now_utc().isoformat()}}
                 update["completed_tasks"] = self.store.count_responses(eid, errors=False)
                 update["failed_tasks"] = self.store.count_responses(eid, errors=True)
                 if not self.store.update_evaluation(eid, update, lease=lease):

@@ -36,7 +36,7 @@ EvaluationStatus = Literal["queued", "running", "stopping", "stopped", "complete
 # The statuses in which a worker has (or is about to have) the evaluation in hand.
 ActiveStatus = Literal["queued", "running", "stopping"]
 # Work other than runs, queued and claimed like evaluations, with the same statuses.
-JobKind = Literal["judge", "pairwise"]
+JobKind = Literal["judge", "pairwise", "calibrate"]
 
 EventLevel = Literal["info", "warning", "error"]
 # How a judge was asked for JSON: a schema the backend enforces, JSON mode, or the prompt alone

@@ -15,18 +15,19 @@ import pytest
 from pydantic import ValidationError
 from store.conftest import nx_server, store_opener  # noqa: F401 (the contract suite's fixtures)
 
-from storybench_core import archive, jobs, judge, pairwise, records, votes
+from storybench_core import archive, job_kinds, jobs, judge, pairwise, records, votes
 from storybench_core.access import LOCAL_ADMIN
 from storybench_core.config import ModelSpec, parse_config
 from storybench_core.records import (
     AuditRecord,
     EvaluationRecord,
     EvaluationStatus,
+    JobKind,
     JudgementRecord,
     ResponseRecord,
     VerdictRecord,
 )
-from storybench_core.store.base import ACTIVE_STATUSES, EVALUATION_STATUSES, Store
+from storybench_core.store.base import ACTIVE_STATUSES, EVALUATION_STATUSES, JOB_KINDS, Store
 from storybench_core.store.sqlite import DOCUMENT_FIELDS
 
 StoreOpener = Callable[[], Store]
@@ -50,6 +51,8 @@ def _produce_every_kind(store: Store) -> str:
     eid = jobs.enqueue(store, config, LOCAL_ADMIN)
     assert jobs.Worker(store).run_once()
     judge.judge_evaluation(store, eid)
+    job_kinds.enqueue_job(store, "judge", eid, LOCAL_ADMIN)  # finds everything judged already
+    assert jobs.Worker(store).run_once()
     pair_judge = ModelSpec(kind="fake", name="pair-judge")  # answers any JSON schema it is given
     pairwise.compare_judge_evaluation(store, eid, pair_judge, budget=4, n_boot=10)
     pair = votes.next_pair_for(store, eid, "ada")
@@ -80,14 +83,14 @@ def test_every_stored_document_validates_against_its_record(store: Store) -> Non
         ],
         "judgements": store.list_judgements(eid),
         "events": store.list_events(eid),
-        "jobs": store.list_jobs(),  # none yet from these producers: each one made is checked
+        "jobs": [*store.list_jobs(), *[store.get_job(j["id"]) for j in store.list_jobs()]],
         "verdicts": store.list_verdicts(eid),
         "votes": store.list_votes(eid),
         "audit": store.list_audit(),
     }
     assert set(read) == set(records.RECORDS) == set(DOCUMENT_FIELDS)
     for collection, docs in read.items():
-        assert docs or collection == "jobs", f"the producers stored no {collection}"
+        assert docs, f"the producers stored no {collection}"
         record = records.RECORDS[collection]
         for doc in docs:
             assert doc is not None
@@ -111,6 +114,7 @@ def test_every_stored_document_validates_against_its_record(store: Store) -> Non
 
 def test_the_status_tuples_are_the_literal_types() -> None:
     assert get_args(EvaluationStatus) == EVALUATION_STATUSES
+    assert get_args(JobKind) == JOB_KINDS
     assert EVALUATION_STATUSES == ("queued", "running", "stopping", "stopped", "completed", "failed")
     assert set(ACTIVE_STATUSES) < set(EVALUATION_STATUSES)
 

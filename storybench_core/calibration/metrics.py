@@ -220,20 +220,20 @@ def compute_card(
 
     # Pairwise: both orders of each adjacent pair.
     by_pair: dict[tuple[str, int, int], list[PairVerdict]] = defaultdict(list)
-    for v in verdicts:
-        by_pair[(v.ladder, v.better, v.worse)].append(v)
-    decided = [v for v in verdicts if v.winner in ("A", "B")]
-    first = sum(1 for v in decided if v.winner == "A") / len(decided) if decided else None
+    for pv in verdicts:
+        by_pair[(pv.ladder, pv.better, pv.worse)].append(pv)
+    decided = [pv for pv in verdicts if pv.winner in ("A", "B")]
+    first = sum(1 for pv in decided if pv.winner == "A") / len(decided) if decided else None
     flips = both = right = judged_pairs = 0
-    for group in by_pair.values():
+    for pair_group in by_pair.values():
         picks = []  # +1 the better rung won, -1 the worse, 0 tie, per valid verdict
-        for v in group:
-            if v.winner is None:
+        for pv in pair_group:
+            if pv.winner is None:
                 continue
-            if v.winner == "tie":
+            if pv.winner == "tie":
                 picks.append(0)
             else:
-                better_won = (v.winner == "A") == v.better_shown_first
+                better_won = (pv.winner == "A") == pv.better_shown_first
                 picks.append(1 if better_won else -1)
         if not picks:
             continue

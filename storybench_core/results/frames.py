@@ -98,7 +98,8 @@ def _doc_words(doc: Doc) -> int:
     return int(words) if words is not None else len((doc.get("response") or "").split())
 
 
-# Optional fast projections a store may implement (duck-typed; not in the Store protocol yet):
+# The two flat projections of the Store protocol (store/base.py; looked up with getattr, so a wrapper
+# that hides them, as bench/results_scale.py does for its baseline, gets the document path):
 #   list_response_stats(evaluation_id) -> list[tuple] in RESPONSE_STAT_FIELDS order, where `words`
 #       is the stored words field (or the store's count of whitespace-separated words);
 #   list_judgement_scores(evaluation_id, criteria) -> list[tuple] in JUDGEMENT_SCORE_FIELDS order

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, get_args, runtime_checkable
 
-from storybench_core.records import ActiveStatus, EvaluationStatus
+from storybench_core.records import ActiveStatus, EvaluationStatus, JobKind
 from storybench_core.store.unreadable import UnreadableRow
 
 Doc = dict[str, Any]
@@ -28,10 +28,10 @@ JUDGEMENT_SCORE_FIELDS = (
     "response_id", "judge_model", "attempt", "rubric_hash", "overall", "error", "retries", "structured_output",
 )  # fmt: skip
 
-# The status sets are the Literal types of records.py (EvaluationStatus, ActiveStatus).
+# The status and kind sets are the Literal types of records.py (EvaluationStatus, ActiveStatus, JobKind).
 EVALUATION_STATUSES: tuple[EvaluationStatus, ...] = get_args(EvaluationStatus)
 ACTIVE_STATUSES: tuple[ActiveStatus, ...] = get_args(ActiveStatus)
-JOB_KINDS = ("judge", "pairwise", "calibrate")
+JOB_KINDS: tuple[JobKind, ...] = get_args(JobKind)
 # Fields a brief evaluation document leaves out: the config can be large, and every viewer's
 # sidebar and Run page poll the listing every few seconds.
 HEAVY_EVALUATION_FIELDS = ("config",)

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import pymongo
@@ -260,9 +261,7 @@ class MongoStore:
                 name = "_".join(k for k, _ in keys) + ("_unique" if unique else "")
                 self._call(
                     f"create index {collection}.{name}",
-                    lambda c=collection, k=keys, u=unique, n=name: self._db[c].create_index(
-                        k, unique=u, name=n
-                    ),
+                    partial(self._db[collection].create_index, keys, unique=unique, name=name),
                 )
 
     # --- identity -----------------------------------------------------------
@@ -414,7 +413,7 @@ class MongoStore:
         try:
             self._call("create job", lambda: self._db.jobs.insert_one(_to_mongo(doc)))
         except DuplicateKeyError as exc:
-            raise StoreError(f"a job with id {doc['id']} already exists") from exc
+            raise DuplicateError(f"a job with id {doc['id']} already exists") from exc
         return doc["id"]
 
     def get_job(self, job_id: str) -> Doc | None:
@@ -458,12 +457,11 @@ class MongoStore:
         for start in range(0, len(ids), BATCH_SIZE):
             batch = ids[start : start + BATCH_SIZE]
             self._call(
-                "delete judgements",
-                lambda b=batch: self._db.judgements.delete_many({"response_id": {"$in": b}}),
+                "delete judgements", partial(self._db.judgements.delete_many, {"response_id": {"$in": batch}})
             )
         for name in ("judgements", "responses", "events", "verdicts", "votes", "jobs"):
             self._call(
-                f"delete {name}", lambda n=name: self._db[n].delete_many({"evaluation_id": evaluation_id})
+                f"delete {name}", partial(self._db[name].delete_many, {"evaluation_id": evaluation_id})
             )
         self._call("delete counter", lambda: self._db.counters.delete_one({"_id": f"events:{evaluation_id}"}))
         self._call("delete evaluation", lambda: self._db.evaluations.delete_one({"_id": evaluation_id}))
@@ -491,8 +489,10 @@ class MongoStore:
                 doc["id"] = old["_id"]
                 result = self._call(
                     "replace response",
-                    lambda o=old: self._db.responses.replace_one(
-                        {"_id": o["_id"], "task_key": task_key}, _to_mongo(doc)
+                    partial(
+                        self._db.responses.replace_one,
+                        {"_id": old["_id"], "task_key": task_key},
+                        _to_mongo(doc),
                     ),
                 )
                 if result.matched_count:
@@ -676,7 +676,8 @@ class MongoStore:
                         return_document=ReturnDocument.AFTER,
                     ),
                 )
-                return int(counter["seq"])
+                if counter is not None:  # an upsert returning the document after: always there
+                    return int(counter["seq"])
             except DuplicateKeyError:
                 continue  # two first upserts raced; the counter exists now
         raise StoreError(f"could not allocate an event number for evaluation {evaluation_id}")

@@ -518,7 +518,8 @@ class SQLiteStore:
             pairs = ", ".join("?, json(?)" for _ in range(len(extra_args) // 2))
             sets.append(f"extra = json_set(COALESCE(extra, '{{}}'), {pairs})")
             params += extra_args
-        where, wparams = ["id = ?"], [evaluation_id]
+        where: list[str] = ["id = ?"]
+        wparams: list[Any] = [evaluation_id]
         if from_statuses is not None:
             where.append(f"status IN ({', '.join('?' * len(from_statuses))})" if from_statuses else "0")
             wparams += from_statuses
@@ -603,7 +604,7 @@ class SQLiteStore:
             try:
                 self._insert(conn, "jobs", doc)
             except sqlite3.IntegrityError as exc:
-                raise StoreError(f"a job with id {doc['id']} already exists in {self.path}") from exc
+                raise DuplicateError(f"a job with id {doc['id']} already exists in {self.path}") from exc
         return doc["id"]
 
     def get_job(self, job_id: str) -> Doc | None:

@@ -557,8 +557,10 @@ def test_every_unique_key_violation_raises_duplicate_error(store: Store) -> None
     store.add_verdict({"evaluation_id": eid, "verdict_key": "k", "judge": "j", "pair_key": "p"})
     store.add_vote({"evaluation_id": eid, "voter": "ann", "pair_key": "p"})
     audit_id = store.add_audit({"actor": "ann", "action": "queue", "target": eid})
+    store.create_job({"id": "dup-job", "kind": "judge", "evaluation_id": eid})
     repeats: dict[str, Callable[[], object]] = {
         "evaluation": lambda: store.create_evaluation(evaluation(id="dup-eval")),
+        "job": lambda: store.create_job({"id": "dup-job", "kind": "pairwise", "evaluation_id": eid}),
         "judgement": lambda: store.add_judgement(judgement(rid, eid, 1, overall=1.0)),
         "verdict": lambda: store.add_verdict({"evaluation_id": eid, "verdict_key": "k", "judge": "j2"}),
         "vote": lambda: store.add_vote({"evaluation_id": eid, "voter": "ann", "pair_key": "p"}),
@@ -572,6 +574,7 @@ def test_every_unique_key_violation_raises_duplicate_error(store: Store) -> None
     assert [v["judge"] for v in store.list_verdicts(eid)] == ["j"]
     assert len(store.list_votes(eid)) == 1
     assert [e["actor"] for e in store.list_audit()] == ["ann"]
+    assert [j["kind"] for j in store.list_jobs(evaluation_id=eid)] == ["judge"]
     # A missing part of a unique key is a plain StoreError, not a duplicate.
     with pytest.raises(StoreError) as info:
         store.add_vote({"evaluation_id": eid, "pair_key": "p"})
