@@ -8,9 +8,10 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from storybench_core import access, archive, jobs, ratings, results
+from storybench_core import access, archive, job_kinds, jobs, ratings, results
 from storybench_core.store.base import Doc
 from storybench_core.text_safety import safe_inline, safe_markdown
+from storybench_core.views import reliability as reliability_view
 from storybench_core.views import results as results_view
 from storybench_core.views import run as run_view
 from storybench_core.views import scores as scores_view
@@ -288,7 +289,7 @@ def leaderboard(evaluation_id: str, board: pd.DataFrame) -> None:
     st.dataframe(table, hide_index=True, column_config=scores_view.leaderboard_labels(table))
     st.caption(
         "Overall: the mean of the criteria, per response averaged over its valid judgements; 95% CI: a bootstrap "
-        "over responses. Failed judgements have no score and are only counted. Distinct-n: unique n-grams ÷ "
+        "over responses and, within each, over its judgements (the judge's own noise). Failed judgements have no score and are only counted. Distinct-n: unique n-grams ÷ "
         "n-grams (higher = more varied); repeated 4-grams: share of 4-grams repeating an earlier one; stock "
         "phrases: over-used phrases per response."
     )
@@ -322,6 +323,82 @@ def leaderboard(evaluation_id: str, board: pd.DataFrame) -> None:
                 },
             )
             st.caption("A negative slope: the model starts strong and fades over the turns of a sequence.")
+
+
+def reliability(evaluation: Doc, shown_judges: list[str]) -> None:
+    """Beside the ranking: each judge's reliability card, its warning, or that it is not calibrated."""
+    eid = evaluation["id"]
+    config = jobs.evaluation_config(evaluation)
+    if note := reliability_view.small_judge_note(config, shown_judges):
+        st.info(note, icon=":material/info:")
+    for card in reliability_view.judge_cards(store, shown_judges):
+        if card.flag == "failed":
+            st.error(safe_markdown(card.warning or card.headline), icon=":material/report:")
+        elif card.flag == "weak":
+            st.warning(safe_markdown(card.warning or card.headline), icon=":material/warning:")
+        elif card.flag == "trusted":
+            st.success(safe_markdown(card.headline), icon=":material/verified:")
+        else:
+            st.info(safe_markdown(card.headline), icon=":material/help:")
+        if card.rows:
+            with st.expander(f"Reliability card · {safe_inline(card.judge)}"):
+                st.dataframe(
+                    pd.DataFrame(card.rows, columns=["figure", "value"]), hide_index=True, width="stretch"
+                )
+                st.caption("What each figure means: README, “Trusting the judge”.")
+    latest = job_kinds.latest_job(store, eid, "calibrate")
+    if latest is not None and latest.get("status") in ("queued", "running", "stopping"):
+        progress = latest.get("progress") or {}
+        done, total = int(progress.get("done") or 0), int(progress.get("total") or 0)
+        st.progress(
+            min(1.0, done / total) if total else 0.0,
+            text=f"Calibrating {latest.get('label')}: {done} / {total}",
+        )
+    elif latest is not None and latest.get("status") == "failed":
+        st.error(
+            f"Calibration failed: {safe_markdown(latest.get('error') or 'see the console')}",
+            icon=":material/error:",
+        )
+    if access.allowed(principal, "judge"):
+        st.button(
+            "Calibrate judge",
+            key=f"{PAGE}.calibrate",
+            icon=":material/straighten:",
+            help="Score ladders of degraded versions of this evaluation's responses (known order) with the "
+            "configured judge, in rubric and pairwise mode; the card appears here when the job finishes.",
+            on_click=widgets.run_action,
+            args=(
+                PAGE,
+                "queueing the calibration",
+                job_kinds.enqueue_job,
+                store,
+                "calibrate",
+                eid,
+                principal,
+            ),
+        )
+
+
+def ensemble_ranking(scored: pd.DataFrame, shown_judges: list[str]) -> None:
+    """With several judges: the models ranked by each judge's means weighted by its reliability."""
+    if len(shown_judges) < 2:
+        return
+    per_judge = [
+        results.leaderboard(scored, judge=name)[["model_name", "overall"]].assign(judge_model=name)
+        for name in shown_judges
+    ]
+    board = pd.concat(per_judge).rename(columns={"overall": "mean"})
+    made = reliability_view.ensemble(board, reliability_view.judge_cards(store, shown_judges))
+    if made is None:
+        return
+    ranked, weights = made
+    st.subheader("Ensemble of judges")
+    left, right = st.columns([3, 2])
+    left.dataframe(scores_view.rounded(ranked), hide_index=True)
+    right.dataframe(weights, hide_index=True)
+    st.caption(
+        "Each judge's model means weighted by its Kendall τ on the calibration ladders (0.5 while uncalibrated)."
+    )
 
 
 def pairwise_ratings(evaluation_id: str, board: pd.DataFrame | None) -> None:
@@ -448,9 +525,20 @@ with leaderboard_tab:
         elif scored is not None and not judged:
             st.info(NOT_JUDGED.format(eid=evaluation_id), icon=":material/hourglass_top:")
         elif scored is not None:
+            shown_judges = [judge] if judge else scores_view.judges_of(scored)
+            with widgets.guarded("showing the judges' reliability"):
+                reliability(evaluation, shown_judges)
             with widgets.guarded("building the leaderboard"):
                 board = results.leaderboard(scored, judge=judge)
                 leaderboard(evaluation_id, board)
+                if "judge_noise" in board and (board["judge_noise"] == "not measured").any():
+                    st.caption(
+                        "Judge noise not measured for some models (one judgement per response, or attempts "
+                        "that agree exactly): their intervals cover response-to-response variation only."
+                    )
+            if judge is None:
+                with widgets.guarded("building the ensemble of judges"):
+                    ensemble_ranking(scored, shown_judges)
         with widgets.guarded("building the pairwise ratings"):
             pairwise_ratings(evaluation_id, board)
 

@@ -198,14 +198,6 @@ def test_the_import_finder_sees_imports_inside_functions(tmp_path: Path) -> None
     assert [(m, n) for m, n, _ in taken] == [("storybench_core.b", "_hidden"), ("storybench_core.b", "thing")]
 
 
-# (importer, private name, module it comes from) in modules others are editing right now (issue 13);
-# the lead shrinks this set. Nothing may be added to it.
-KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = {
-    ("storybench_core.results.tables", "_score_columns", "storybench_core.results.frames"),
-    ("storybench_core.results.tables", "_model_seed", "storybench_core.results.stats"),
-}
-
-
 def test_no_module_imports_a_private_name_from_another():
     """`from .x import _helper` couples two modules through what x promised nobody: make it public
     (and documented) in x, or move it where it belongs."""
@@ -216,7 +208,7 @@ def test_no_module_imports_a_private_name_from_another():
         for target, taken, _line in _imported_names(name, path, modules, function_level=True)
         if taken is not None and taken.startswith("_") and not taken.startswith("__") and target != name
     }
-    assert sorted(private - KNOWN_PRIVATE_IMPORTS) == []
+    assert sorted(private) == []
 
 
 MAX_MODULE_LINES = 500

@@ -467,3 +467,21 @@ def test_cli_leaderboard_and_export(fixed, tmp_path, capsys):
         assert target.stat().st_size > 100
     assert "## Leaderboard" in (tmp_path / "report.md").read_text()
     assert main(["--store", uri, "export", "nope", "--format", "md", "--out", str(tmp_path / "x.md")]) == 2
+
+
+def test_leaderboard_intervals_include_the_judges_own_noise():
+    """Resampling judgements within each response widens an interval exactly when attempts disagree."""
+    import numpy as np
+
+    from storybench_core.results.stats import bootstrap_ci, nested_bootstrap_ci
+
+    responses = np.repeat(np.arange(20), 2)  # 20 responses, two attempts each
+    steady = np.repeat(np.linspace(2, 4, 20), 2)  # both attempts agree
+    noisy = steady + np.tile([-1.0, 1.0], 20)  # same per-response means, attempts 2 apart
+    low_s, high_s = nested_bootstrap_ci(steady, responses, 2000, 1)
+    low_n, high_n = nested_bootstrap_ci(noisy, responses, 2000, 1)
+    assert (high_n - low_n) > 1.2 * (high_s - low_s)
+    # With one judgement per response it is the plain bootstrap.
+    assert nested_bootstrap_ci(steady[::2], np.arange(20), 500, 3) == bootstrap_ci(steady[::2], 500, 3)
+    # A judge that gives everything 1.00 has nothing to resample: a zero-width interval, flagged below.
+    assert nested_bootstrap_ci(np.ones(40), responses, 200, 0) == (1.0, 1.0)

@@ -49,7 +49,7 @@ def criteria_of(df: pd.DataFrame) -> list[str]:
     return [c.removeprefix(SCORE_PREFIX) for c in df.columns if c.startswith(SCORE_PREFIX)]
 
 
-def _score_columns(df: pd.DataFrame) -> list[str]:
+def score_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(SCORE_PREFIX)]
 
 
@@ -319,7 +319,7 @@ def per_response(df: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:
 
 
 def _per_response(df: pd.DataFrame, judge: str | None) -> pd.DataFrame:
-    scores = ["overall", *_score_columns(df)]
+    scores = ["overall", *score_columns(df)]
     base = df.drop_duplicates("response_id").set_index("response_id")
     keep = [c for c in _PER_RESPONSE_KEEP if c in base.columns]
     out = base[keep].copy()

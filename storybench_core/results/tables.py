@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .frames import SCORE_PREFIX, _score_columns, criteria_of, per_response
-from .stats import _model_seed, bootstrap_ci, spearman
+from .frames import SCORE_PREFIX, criteria_of, per_response, score_columns
+from .stats import model_seed, nested_bootstrap_ci, spearman
 
 # --- views -----------------------------------------------------------------------------------
 
@@ -31,12 +31,24 @@ def leaderboard(
         n_judgements=("n_judgements", "sum"),
         n_failed_judgements=("n_failed_judgements", "sum"),
     )
-    cis = {
-        model: bootstrap_ci(g["overall"].to_numpy(), n_boot, _model_seed(seed, model)) for model, g in grouped
-    }
+    # Intervals resample responses and, within each, its judgements (attempts, judges): a judge's
+    # disagreement with itself widens them. Where no response has two judgements that differ, the
+    # judge's noise was not measured (one attempt, or repeats that cannot differ), and says so.
+    rows = df if judge is None else df[df["judge_model"] == judge]
+    valid = rows[rows["judge_model"].notna() & ~rows["judgement_failed"]]
+    cis, noise = {}, {}
+    for model in board.index:
+        mine = valid[valid["model_name"] == model]
+        codes = pd.factorize(mine["response_id"])[0]
+        cis[model] = nested_bootstrap_ci(
+            mine["overall"].to_numpy(dtype=float), codes, n_boot, model_seed(seed, model)
+        )
+        spread = mine.groupby("response_id", sort=False, observed=True)["overall"].nunique()
+        noise[model] = "measured" if bool((spread > 1).any()) else "not measured"
     board["ci_low"] = [cis[m][0] for m in board.index]
     board["ci_high"] = [cis[m][1] for m in board.index]
-    board = board.join(grouped[_score_columns(per)].mean())
+    board["judge_noise"] = [noise[m] for m in board.index]
+    board = board.join(grouped[score_columns(per)].mean())
     board["mean_words"] = grouped["words"].mean()
     board["mean_completion_tokens"] = grouped["completion_tokens"].mean()
     board["mean_generation_time_s"] = grouped["generation_time_s"].mean()
@@ -51,7 +63,7 @@ def leaderboard(
 def per_criterion(df: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:
     """Long frame model_name × criterion → mean, std, n (over per-response scores)."""
     per = per_response(df, judge)
-    cols = _score_columns(per)
+    cols = score_columns(per)
     if per.empty or not cols:
         return pd.DataFrame(columns=["model_name", "criterion", "mean", "std", "n"])
     grouped = per.groupby("model_name", sort=True, observed=True)[cols]
@@ -155,7 +167,7 @@ def attempt_spread(df: pd.DataFrame) -> pd.DataFrame:
     and max std of the overall score, and the mean std of a single criterion.
     """
     valid = df[df["judge_model"].notna() & ~df["judgement_failed"]]
-    cols = ["overall", *_score_columns(df)]
+    cols = ["overall", *score_columns(df)]
     columns = [
         "model_name",
         "judge_model",

@@ -356,3 +356,28 @@ def test_a_large_evaluation_shows_its_leaderboard_reading_only_the_texts_on_scre
     ui.rerun(at)
     assert any("Responses 101–150 of 4,000" in c for c in ui.texts(at.caption))
     assert sum(texts) <= bound
+
+
+def test_the_judges_card_and_warning_stand_beside_its_leaderboard(ui, store, judged):
+    """Uncalibrated: marked so, with a Calibrate judge button that queues a job; once a card says the
+    judge cannot order a degraded ladder, the leaderboard carries that warning."""
+    from storybench_core.calibration.metrics import RungScore, compute_card
+
+    at = open_results(ui, judged)
+    assert any("fake-judge has not been calibrated" in i for i in ui.texts(at.info))
+    ui.button(at, "Calibrate judge").click()
+    ui.rerun(at)
+    [job] = [j for j in store.list_jobs(evaluation_id=judged) if j["kind"] == "calibrate"]
+    assert job["status"] == "queued" and job["queued_by"] == "local"
+    store.transition_job(job["id"], ["queued"], {"status": "stopped"})
+    # A card filed for this judge (what a finished calibration job leaves): a constant judge.
+    card = compute_card([RungScore(x, k, 1, 1.0) for x in "ab" for k in range(4)], retested=False).to_dict()
+    done = store.create_job({"kind": "calibrate", "evaluation_id": judged, "status": "completed"})
+    store.update_job(done, {"result": card | {"judge": "fake-judge", "identity": {"key": "k"}}})
+    at = open_results(ui, judged)
+    errors = " ".join(ui.texts(at.error))
+    assert "fake-judge cannot order a degraded ladder" in errors and "not evidence of quality" in errors
+    assert "same mean score (1.00)" in errors
+    expander = [e for e in at.expander if e.label.startswith("Reliability card")]
+    assert expander and table_with(at, "figure")["value"].iloc[0] == "cannot order a degraded ladder"
+    assert table_with(at, "n_failed_judgements") is not None  # the leaderboard is still shown, flagged
