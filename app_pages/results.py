@@ -342,9 +342,7 @@ def reliability(evaluation: Doc, shown_judges: list[str]) -> None:
             st.info(safe_markdown(card.headline), icon=":material/help:")
         if card.rows:
             with st.expander(f"Reliability card · {safe_inline(card.judge)}"):
-                st.dataframe(
-                    pd.DataFrame(card.rows, columns=["figure", "value"]), hide_index=True, width="stretch"
-                )
+                st.table(pd.DataFrame(card.rows, columns=["figure", "value"]).set_index("figure"))
                 st.caption("What each figure means: README, “Trusting the judge”.")
     latest = job_kinds.latest_job(store, eid, "calibrate")
     if latest is not None and latest.get("status") in ("queued", "running", "stopping"):

@@ -270,3 +270,43 @@ def test_calibration_is_a_job_with_progress_stop_and_a_card_filed_by_identity(st
     assert job_kinds.request_stop_job(store, second, LOCAL_ADMIN) == "stopped"
     assert not jobs.Worker(store).run_once()
     assert job_kinds.get_job(store, second).get("result") is None
+
+
+def test_the_built_in_judges_limits_are_stated_and_an_ensemble_weights_by_reliability(store):
+    import pandas as pd
+
+    from storybench_core.views import reliability
+
+    bundled = parse_config(
+        {"models": [{"kind": "bundled"}], "sequences": ["film"], "judge": {"model": {"kind": "bundled"}}}
+    )
+    assert reliability.small_judge_note(bundled) == reliability.SMALL_JUDGE_NOTE
+    api = parse_config(
+        {
+            "models": [{"kind": "bundled"}],
+            "sequences": ["film"],
+            "judge": {"model": {"kind": "api", "base_url": "https://api.openai.com/v1", "api_model": "gpt-4o-mini"}},
+        }
+    )
+    assert reliability.small_judge_note(api) is None
+    # Two judges: "good" ordered its ladders (τ 1), "flat" could not (τ 0, weight 0); "new" is uncalibrated.
+    for name, tau, verdict in (("good", 1.0, "separates"), ("flat", 0.0, "cannot order a degraded ladder")):
+        job = store.create_job({"kind": "calibrate", "evaluation_id": "e", "status": "completed"})
+        store.update_job(
+            job, {"result": {"judge": name, "kendall_tau": tau, "verdict": verdict, "reasons": []}}
+        )
+    cards = reliability.judge_cards(store, ["good", "flat", "new"])
+    assert [(c.flag, c.weight) for c in cards] == [("trusted", 1.0), ("failed", 0.0), ("uncalibrated", 0.5)]
+    board = pd.DataFrame(
+        [
+            ("good", "m1", 4.0), ("good", "m2", 2.0),
+            ("flat", "m1", 1.0), ("flat", "m2", 5.0),
+            ("new", "m1", 3.0), ("new", "m2", 3.0),
+        ],
+        columns=["judge_model", "model_name", "mean"],
+    )  # fmt: skip
+    ranked, weights = reliability.ensemble(board, cards)
+    # m1: (4·1 + 1·0 + 3·0.5) / 1.5 = 3.667; m2: (2·1 + 5·0 + 3·0.5) / 1.5 = 2.333.
+    assert list(ranked["model_name"]) == ["m1", "m2"]
+    assert ranked["ensemble_mean"].round(3).tolist() == [3.667, 2.333]
+    assert weights.set_index("judge")["weight"].to_dict() == {"good": 1.0, "flat": 0.0, "new": 0.5}

@@ -379,5 +379,5 @@ def test_the_judges_card_and_warning_stand_beside_its_leaderboard(ui, store, jud
     assert "fake-judge cannot order a degraded ladder" in errors and "not evidence of quality" in errors
     assert "same mean score (1.00)" in errors
     expander = [e for e in at.expander if e.label.startswith("Reliability card")]
-    assert expander and table_with(at, "figure")["value"].iloc[0] == "cannot order a degraded ladder"
+    assert expander and at.table[0].value["value"].iloc[0] == "cannot order a degraded ladder"
     assert table_with(at, "n_failed_judgements") is not None  # the leaderboard is still shown, flagged
