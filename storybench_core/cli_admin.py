@@ -50,7 +50,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     since = audit.parse_since(args.since) if args.since else None
     found = audit.entries(
-        cli_store(args), actor=args.actor, action=args.action, target=args.target, since=since, limit=args.limit
+        cli_store(args),
+        actor=args.actor,
+        action=args.action,
+        target=args.target,
+        since=since,
+        limit=args.limit,
     )
     if args.format == "csv":
         text = audit.export_csv(found)

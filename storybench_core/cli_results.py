@@ -172,7 +172,10 @@ def _print_judge_cards(store: Any, frame: Any, only: str | None) -> None:
         if card.warning:
             print(terminal_safe(f"warning: {card.warning}"), file=sys.stderr)
         elif card.flag == "uncalibrated":
-            print(terminal_safe(f"  calibrate it: storybench calibrate-judge --judge '{card.judge}'"), file=sys.stderr)
+            print(
+                terminal_safe(f"  calibrate it: storybench calibrate-judge --judge '{card.judge}'"),
+                file=sys.stderr,
+            )
 
 
 def register(subparsers: Any) -> None:

@@ -85,7 +85,11 @@ def enqueue_job(
     store.append_event(evaluation_id, "info", f"{kind} job {job_id} queued by {principal.id}", job=job_id)
     # Every kind is judging (rubric, pairwise, calibration): one audited action, the kind in the details.
     audit.record(
-        store, principal, "judge", evaluation_id, {"job": job_id, "kind": kind, "judge": doc["label"], **params}
+        store,
+        principal,
+        "judge",
+        evaluation_id,
+        {"job": job_id, "kind": kind, "judge": doc["label"], **params},
     )
     return job_id, True
 

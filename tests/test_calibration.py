@@ -285,7 +285,9 @@ def test_the_built_in_judges_limits_are_stated_and_an_ensemble_weights_by_reliab
         {
             "models": [{"kind": "bundled"}],
             "sequences": ["film"],
-            "judge": {"model": {"kind": "api", "base_url": "https://api.openai.com/v1", "api_model": "gpt-4o-mini"}},
+            "judge": {
+                "model": {"kind": "api", "base_url": "https://api.openai.com/v1", "api_model": "gpt-4o-mini"}
+            },
         }
     )
     assert reliability.small_judge_note(api) is None

@@ -16,8 +16,8 @@ _SENTENCE = re.compile(r"(?<=[.!?…])[\"'”’)]*\s+")
 _NAME = re.compile(r"\b[A-Z][a-z]{2,}\b")
 # Capitalised words that begin sentences or are common words, not character names.
 _NOT_NAMES = frozenset(
-    ["The", "A", "An", "And", "But", "Then", "When", "While", "After", "Before", "She", "He", "They", "It", "Its", "Her", "His", "Their", "There", "This", "That", "These", "Those", "What", "Who", "Why", "How", "Where", "Yes", "No", "Not", "Now", "Here", "Once", "One", "Two", "Three", "In", "On", "At", "Of", "For", "With", "From", "By", "As", "If", "So", "Or", "Nor", "Yet", "All", "Each", "Every", "Some", "Any", "Our", "We", "You", "Your", "My", "I", "Me", "Us", "Mr", "Mrs", "Ms", "Dr"]
-)
+    {"The", "A", "An", "And", "But", "Then", "When", "While", "After", "Before", "She", "He", "They", "It", "Its", "Her", "His", "Their", "There", "This", "That", "These", "Those", "What", "Who", "Why", "How", "Where", "Yes", "No", "Not", "Now", "Here", "Once", "One", "Two", "Three", "In", "On", "At", "Of", "For", "With", "From", "By", "As", "If", "So", "Or", "Nor", "Yet", "All", "Each", "Every", "Some", "Any", "Our", "We", "You", "Your", "My", "I", "Me", "Us", "Mr", "Mrs", "Ms", "Dr"}
+)  # fmt: skip
 _REPLACEMENT_NAMES = ("Ortega", "Bellamy", "Quint", "Harlow", "Sefton", "Marisol", "Ingram", "Tobias")
 
 
@@ -41,7 +41,7 @@ def shuffle_sentences(text: str, rng: random.Random) -> str:
 
 def _starts_sentence(text: str, at: int) -> bool:
     before = text[:at].rstrip()
-    return not before or before[-1] in '.!?"“”\'‘’(…:'
+    return not before or before[-1] in ".!?\"“”'‘’(…:"
 
 
 def character_names(text: str) -> list[str]:
