@@ -244,8 +244,15 @@ def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]
             finally:
                 backend.close()
             found[label] = best(found[label], m)
-            print(f"  {label}: {m.tokens_per_s:.1f} tok/s ({m.wall_s:.1f} s)", flush=True)
+            widths = "/".join(str(w) for w in sorted(w for w in m.batch_widths if w is not None)) or "1"
+            print(f"  {label}: {m.tokens_per_s:.1f} tok/s ({m.wall_s:.1f} s, width {widths})", flush=True)
     return [{"label": label, "m": m} for label, m in found.items() if m is not None]
+
+
+def allow_loopback(url: str) -> None:
+    """Let the API backend reach the benchmark's own loopback server (the endpoint allowlist)."""
+    allowed = json.loads(os.environ.get("STORYBENCH_API_ENDPOINTS") or "{}")
+    os.environ["STORYBENCH_API_ENDPOINTS"] = json.dumps(allowed | {url: ""})
 
 
 def quickstart_server_row(args: argparse.Namespace, store: Any, url: str, slots: int) -> dict[str, Any]:
@@ -253,6 +260,7 @@ def quickstart_server_row(args: argparse.Namespace, store: Any, url: str, slots:
     from storybench_core.backends.openai_compat import OpenAIBackend, list_endpoint_models
     from storybench_core.config import GenerationSettingsConfig, ModelSpec
 
+    allow_loopback(url)
     probe = ModelSpec(kind="api", name="server", base_url=url, api_model="x")
     api_model = args.server_model or list_endpoint_models(probe)[0]
     extra = {} if args.natural_stops else {"ignore_eos": True, "min_tokens": args.max_tokens}
@@ -351,6 +359,7 @@ def server_rows(args: argparse.Namespace, store: Any, url: str) -> list[dict[str
     from storybench_core.backends.openai_compat import OpenAIBackend, list_endpoint_models
     from storybench_core.config import GenerationSettingsConfig, ModelSpec
 
+    allow_loopback(url)
     probe = ModelSpec(kind="api", name="server", base_url=url, api_model="x")
     api_model = args.server_model or list_endpoint_models(probe)[0]
     rows = []

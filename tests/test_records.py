@@ -28,7 +28,7 @@ from storybench_core.records import (
     VerdictRecord,
 )
 from storybench_core.store.base import ACTIVE_STATUSES, EVALUATION_STATUSES, JOB_KINDS, Store
-from storybench_core.store.sqlite import DOCUMENT_FIELDS
+from storybench_core.store.schema import DOCUMENT_FIELDS
 
 StoreOpener = Callable[[], Store]
 

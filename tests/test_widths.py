@@ -86,7 +86,8 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_probe_measures_once_per_model_and_machine(model: Path, scripted: list[int]) -> None:
     backend = LocalFake(model)
     probe = width_probe.probe_rates(backend, 8)
-    assert probe.measured == scripted == [1, 2, 3, 4, 5, 6, 7, 8] and probe.kept
+    assert probe.measured == [1, 2, 3, 4, 5, 6, 7, 8] and probe.kept
+    assert scripted == [1, 2, 3, 4, 5, 6, 7, 8, 8, 7, 6, 5, 4, 3, 2, 1]  # up, then down
     assert backend.batch_sizes[0] == 8  # one call at the widest width first: the decoder sized once
     cache = json.loads(width_probe.cache_path().read_text())
     (entry,) = cache.values()
@@ -170,6 +171,7 @@ def test_probe_on_the_real_model(bundled_model: Path) -> None:
     try:
         probe = width_probe.probe_rates(backend, 3)
         assert probe.measured == [1, 2, 3] and all(r > 0 for r in probe.rates.values())
+        assert backend.context_size() == 512
         assert not probe.kept or width_probe.cached_rates(backend) == probe.rates
     finally:
         backend.close()

@@ -8,27 +8,18 @@ workers on several machines can write without duplicates.
 
 from __future__ import annotations
 
-import math
-import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-import pymongo
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import (
-    AutoReconnect,
-    ConnectionFailure,
     DuplicateKeyError,
-    ExecutionTimeout,
-    PyMongoError,
-    ServerSelectionTimeoutError,
 )
 
 from storybench_core.errors import DuplicateError, LeaseLost, StoreError
-from storybench_core.redact import redact, redact_doc
+from storybench_core.redact import redact
 from storybench_core.store.base import (
     HEAVY_EVALUATION_FIELDS,
     JUDGEMENT_SCORE_FIELDS,
@@ -36,253 +27,30 @@ from storybench_core.store.base import (
     Doc,
     Lease,
 )
-from storybench_core.store.sqlite import DATETIME_FIELDS, DOCUMENT_FIELDS, count_words, stored_words, utc
-from storybench_core.store.unreadable import UnreadableRow, UnreadableRows
-
-T = TypeVar("T")
-
-BATCH_SIZE = 500  # larger single batches have stalled nx-27017 for minutes
-RETRY_DELAYS_S = (0.2, 0.5, 1.0)
-# A replica-set election leaves no primary for up to ~10-12 s: server selection waits this long
-# for the new one (and pymongo retries a read or write once), so a failover is a pause, not an
-# error. Opening the store still fails fast when nothing answers (OPEN_TIMEOUT_S).
-SERVER_SELECTION_TIMEOUT_MS = 20_000
-CONNECT_TIMEOUT_MS = 5_000
-SOCKET_TIMEOUT_MS = 60_000  # a read of 100k responses takes seconds; a dead socket must not hang
-OPEN_TIMEOUT_S = 3.0
-
-# collection -> list of (keys, unique)
-INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
-    "evaluations": [([("status", ASCENDING), ("created_at", ASCENDING)], False),
-                    ([("created_at", DESCENDING)], False)],
-    "responses": [([("task_key", ASCENDING)], True),
-                  ([("evaluation_id", ASCENDING), ("model_name", ASCENDING), ("sequence", ASCENDING),
-                    ("run", ASCENDING), ("prompt_index", ASCENDING)], False)],
-    "judgements": [([("response_id", ASCENDING), ("judge_model", ASCENDING), ("rubric_hash", ASCENDING),
-                     ("attempt", ASCENDING)], True),
-                   ([("evaluation_id", ASCENDING), ("judge_model", ASCENDING)], False)],
-    "events": [([("evaluation_id", ASCENDING), ("seq", ASCENDING)], True)],
-    "verdicts": [([("verdict_key", ASCENDING)], True),
-                 ([("evaluation_id", ASCENDING), ("judge", ASCENDING)], False)],
-    "votes": [([("voter", ASCENDING), ("pair_key", ASCENDING)], True),
-              ([("evaluation_id", ASCENDING)], False)],
-    "audit": [([("ts", DESCENDING)], False),
-              ([("actor", ASCENDING), ("ts", DESCENDING)], False),
-              ([("action", ASCENDING), ("ts", DESCENDING)], False)],
-    "jobs": [([("status", ASCENDING), ("created_at", ASCENDING)], False),
-             ([("evaluation_id", ASCENDING), ("created_at", DESCENDING)], False)],
-}  # fmt: skip
-
-RESPONSE_ORDER = [("evaluation_id", 1), ("model_name", 1), ("sequence", 1), ("run", 1), ("prompt_index", 1)]
+from storybench_core.store.mongo_base import (
+    BATCH_SIZE,
+    RESPONSE_ORDER,
+    MongoBase,
+    clean,
+    new_id,
+    now,
+    projected_score,
+    to_mongo,
+)
+from storybench_core.store.schema import count_words, stored_words, utc
 
 
-def _new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def _now() -> datetime:
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-def _clean(doc: Doc) -> Doc:
-    """Top-level NaN becomes None (a failed judgement has no score), as in the SQLite store.
-
-    Every write passes through here: known secrets are masked on the way in.
-    """
-    doc = redact_doc(doc)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in doc.items()}
-
-
-def _to_mongo(doc: Doc) -> Doc:
-    out = _clean(doc)
-    out["_id"] = out.pop("id")
-    return out
-
-
-def _projected_score(doc: Doc, criterion: str) -> Any:
-    """One criterion's score from a judgement projected on scores.<criterion>.score (None if absent)."""
-    path = f"scores.{criterion}.score"
-    if path in doc:
-        return doc[path]  # nx-27017 returns a projected sub-field under its dotted path, unnested
-    scores = doc.get("scores")
-    entry = scores.get(criterion) if isinstance(scores, dict) else None
-    return entry.get("score") if isinstance(entry, dict) else None
-
-
-class MongoStore:
+class MongoStore(MongoBase):
     """Store backed by a MongoDB database (or any server speaking its wire protocol)."""
-
-    def __init__(
-        self, uri: str, db_name: str = "storybench", *, timeout_ms: int = SERVER_SELECTION_TIMEOUT_MS
-    ) -> None:
-        self.uri = uri
-        self.db_name = db_name
-        self._unreadable = UnreadableRows()
-        options: dict[str, Any] = {
-            "tz_aware": True,
-            "tzinfo": UTC,
-            "appname": "storybench",
-            "retryWrites": True,
-            "retryReads": True,
-            # A string another program stored as invalid UTF-8 reads with U+FFFD instead of failing
-            # the whole listing it is in.
-            "unicode_decode_error_handler": "replace",
-        }
-        lowered = uri.lower()
-        # Timeouts that ride out an election, unless the URI chose its own.
-        own_selection = "serverselectiontimeoutms" in lowered
-        if not own_selection:
-            options["serverSelectionTimeoutMS"] = timeout_ms
-        if "connecttimeoutms" not in lowered:
-            options["connectTimeoutMS"] = min(CONNECT_TIMEOUT_MS, timeout_ms)
-        if "sockettimeoutms" not in lowered:
-            options["socketTimeoutMS"] = SOCKET_TIMEOUT_MS
-        try:
-            self._client: MongoClient[Doc] = MongoClient(uri, **options)
-        except (PyMongoError, ValueError) as exc:
-            raise StoreError(
-                f"invalid MongoDB URI {redact(uri)}: {exc}. Check STORYBENCH_MONGODB_URI."
-            ) from exc
-        self._db = self._client[db_name]
-        try:
-            # The first contact fails fast when nothing answers; later operations wait out elections.
-            if own_selection:
-                self.ping()
-            else:
-                with pymongo.timeout(OPEN_TIMEOUT_S):
-                    self.ping()
-            self.ensure_indexes()
-        except StoreError:
-            self._client.close()
-            raise
-
-    # --- plumbing -----------------------------------------------------------
-
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one database operation, retrying transient network errors with backoff."""
-        for attempt in range(len(RETRY_DELAYS_S) + 1):
-            try:
-                return fn()
-            except DuplicateKeyError:
-                raise  # callers turn it into a message about their own key
-            except (ServerSelectionTimeoutError, ExecutionTimeout) as exc:
-                raise StoreError(
-                    f"cannot reach MongoDB at {redact(self.uri)} ({what}): no server answered "
-                    "within the timeout. Check that it is running and that STORYBENCH_MONGODB_URI "
-                    "is right."
-                ) from exc
-            except AutoReconnect as exc:  # includes NetworkTimeout
-                if attempt == len(RETRY_DELAYS_S):
-                    raise StoreError(
-                        f"lost the connection to MongoDB at {redact(self.uri)} ({what}) after "
-                        f"{attempt + 1} tries: {exc}. Check the network and STORYBENCH_MONGODB_URI."
-                    ) from exc
-                time.sleep(RETRY_DELAYS_S[attempt])
-            except ConnectionFailure as exc:
-                raise StoreError(
-                    f"cannot connect to MongoDB at {redact(self.uri)} ({what}): {exc}. "
-                    "Check STORYBENCH_MONGODB_URI (host, credentials, TLS)."
-                ) from exc
-            except PyMongoError as exc:
-                raise StoreError(f"MongoDB at {redact(self.uri)} failed ({what}): {exc}") from exc
-        raise AssertionError("unreachable")
-
-    def _doc(self, collection: str, raw: Doc | None) -> Doc | None:
-        """Our shape: `id` instead of `_id`, every documented field present."""
-        if raw is None:
-            return None
-        raw = dict(raw)
-        _id = raw.pop("_id", None)
-        doc: Doc = dict.fromkeys(DOCUMENT_FIELDS[collection])
-        doc.update(raw)
-        if "id" in doc:
-            doc["id"] = _id
-        for name in DATETIME_FIELDS[collection]:
-            if isinstance(doc[name], str):
-                # nx-27017 0.8.1 stores a top-level datetime given to $set as naive UTC text;
-                # MongoDB never does. Repair the documented fields on the way out.
-                doc[name] = utc(datetime.fromisoformat(doc[name]))
-            elif doc[name] is not None and not isinstance(doc[name], datetime):
-                raise TypeError(f"{name} is a {type(doc[name]).__name__}, not a date")
-        return doc
-
-    def _docs(self, collection: str, raws: Iterable[Doc], *, one: bool = False) -> list[Doc]:
-        """Our shape for each raw document; one that cannot be decoded is skipped and recorded."""
-        docs = []
-        for raw in raws:
-            try:
-                docs.append(self._doc(collection, raw) or {})
-            except (ValueError, TypeError, KeyError) as exc:
-                bad = self._unreadable.add(collection, raw.get("_id", "?"), exc)
-                if one:
-                    raise StoreError(
-                        f"a stored document in MongoDB {redact(self.uri)} cannot be decoded ({bad}); it "
-                        "was written damaged or by another program — delete that evaluation or repair it"
-                    ) from None
-        return docs
-
-    def unreadable_rows(self) -> list[UnreadableRow]:
-        return self._unreadable.rows()
-
-    def _find(
-        self,
-        collection: str,
-        query: Doc,
-        sort: list[tuple[str, int]],
-        limit: int | None = None,
-        projection: Doc | None = None,
-        *,
-        one: bool = False,
-    ) -> list[Doc]:
-        def run() -> list[Doc]:
-            cursor = self._db[collection].find(query, projection).sort(sort)
-            if limit is not None:
-                cursor = cursor.limit(limit)
-            return list(cursor)
-
-        return self._docs(collection, self._call(f"read {collection}", run), one=one)
-
-    def _rows(self, collection: str, query: Doc, projection: Doc, sort: list[tuple[str, int]]) -> list[Doc]:
-        """Raw projected documents, fetched in BATCH_SIZE batches."""
-        return self._call(
-            f"read {collection}",
-            lambda: list(self._db[collection].find(query, projection).sort(sort).batch_size(BATCH_SIZE)),
-        )
-
-    @staticmethod
-    def _filters(**filters: Any) -> Doc:
-        return {k: v for k, v in filters.items() if v is not None}
-
-    def ensure_indexes(self) -> None:
-        """Create the indexes (idempotent); also the first contact with the server."""
-        for collection, specs in INDEXES.items():
-            for keys, unique in specs:
-                name = "_".join(k for k, _ in keys) + ("_unique" if unique else "")
-                self._call(
-                    f"create index {collection}.{name}",
-                    partial(self._db[collection].create_index, keys, unique=unique, name=name),
-                )
-
-    # --- identity -----------------------------------------------------------
-
-    def describe(self) -> str:
-        return f"{redact(self.uri)} (database {self.db_name})"
-
-    def ping(self) -> None:
-        self._call("ping", lambda: self._client.admin.command("ping"))
-
-    def close(self) -> None:
-        self._client.close()
 
     # --- evaluations --------------------------------------------------------
 
     def create_evaluation(self, doc: Doc) -> str:
-        doc = {**doc, "id": doc.get("id") or _new_id()}
-        doc.setdefault("created_at", _now())
+        doc = {**doc, "id": doc.get("id") or new_id()}
+        doc.setdefault("created_at", now())
         doc.setdefault("status", "queued")
         try:
-            self._call("create evaluation", lambda: self._db.evaluations.insert_one(_to_mongo(doc)))
+            self._call("create evaluation", lambda: self._db.evaluations.insert_one(to_mongo(doc)))
         except DuplicateKeyError as exc:
             raise DuplicateError(f"an evaluation with id {doc['id']} already exists") from exc
         return doc["id"]
@@ -341,7 +109,7 @@ class MongoStore:
         return self._set_fields("evaluations", evaluation_id, query, fields)
 
     def _set_fields(self, collection: str, row_id: str, query: Doc, fields: Doc) -> bool:
-        fields = _clean(fields)
+        fields = clean(fields)
         if fields.pop("id", row_id) != row_id:
             raise StoreError(f"cannot change the id of {collection[:-1]} {row_id}")
         if not fields:
@@ -359,7 +127,7 @@ class MongoStore:
         # clocks then agree on whose heartbeat is stale.
         hello = self._call("read the server clock", lambda: self._client.admin.command("hello"))
         local = hello.get("localTime")
-        return utc(local) if isinstance(local, datetime) else _now()
+        return utc(local) if isinstance(local, datetime) else now()
 
     def heartbeat(self, evaluation_id: str, lease: Lease) -> bool:
         return self._heartbeat("evaluations", evaluation_id, lease)
@@ -394,7 +162,7 @@ class MongoStore:
             return None
         if claimed.get("started_at") is None:
             # Only this worker owns it now, so a second step is safe; a requeued job keeps its start.
-            start = claimed.get("heartbeat_at") or _now()
+            start = claimed.get("heartbeat_at") or now()
             self._call(
                 f"claim {collection[:-1]}",
                 lambda: self._db[collection].update_one(
@@ -407,11 +175,11 @@ class MongoStore:
     # --- jobs other than runs ----------------------------------------------
 
     def create_job(self, doc: Doc) -> str:
-        doc = {**doc, "id": doc.get("id") or _new_id()}
-        doc.setdefault("created_at", _now())
+        doc = {**doc, "id": doc.get("id") or new_id()}
+        doc.setdefault("created_at", now())
         doc.setdefault("status", "queued")
         try:
-            self._call("create job", lambda: self._db.jobs.insert_one(_to_mongo(doc)))
+            self._call("create job", lambda: self._db.jobs.insert_one(to_mongo(doc)))
         except DuplicateKeyError as exc:
             raise DuplicateError(f"a job with id {doc['id']} already exists") from exc
         return doc["id"]
@@ -473,7 +241,7 @@ class MongoStore:
         if not task_key:
             raise StoreError("a response needs a task_key (evaluation/model/sequence/run/prompt)")
         doc = dict(doc)
-        doc.setdefault("created_at", _now())
+        doc.setdefault("created_at", now())
         if lease is not None:
             # Check, then write: without a multi-document transaction a takeover in between can
             # still land this one response, which the unique task_key makes a harmless replace.
@@ -492,15 +260,15 @@ class MongoStore:
                     partial(
                         self._db.responses.replace_one,
                         {"_id": old["_id"], "task_key": task_key},
-                        _to_mongo(doc),
+                        to_mongo(doc),
                     ),
                 )
                 if result.matched_count:
                     return doc["id"]
                 continue  # deleted meanwhile: insert instead
-            doc["id"] = doc.get("id") or _new_id()
+            doc["id"] = doc.get("id") or new_id()
             try:
-                self._call("insert response", lambda: self._db.responses.insert_one(_to_mongo(doc)))
+                self._call("insert response", lambda: self._db.responses.insert_one(to_mongo(doc)))
                 return doc["id"]
             except DuplicateKeyError:
                 doc.pop("id")
@@ -580,10 +348,10 @@ class MongoStore:
         missing = [k for k in keys if doc.get(k) is None]
         if missing:
             raise StoreError(f"a {what} needs {', '.join(missing)} (part of its unique key)")
-        doc = {**doc, "id": doc.get("id") or _new_id()}
-        doc.setdefault("created_at", _now())
+        doc = {**doc, "id": doc.get("id") or new_id()}
+        doc.setdefault("created_at", now())
         try:
-            self._call(f"add {what}", lambda: self._db[collection].insert_one(_to_mongo(doc)))
+            self._call(f"add {what}", lambda: self._db[collection].insert_one(to_mongo(doc)))
         except DuplicateKeyError as exc:
             key = ", ".join(f"{k}={doc[k]!r}" for k in keys)
             raise DuplicateError(f"a {what} with {key} already exists") from exc
@@ -618,7 +386,7 @@ class MongoStore:
             [("created_at", 1), ("_id", 1)],
         )
         return [
-            (*(d.get(f) for f in JUDGEMENT_SCORE_FIELDS), *(_projected_score(d, c) for c in criteria))
+            (*(d.get(f) for f in JUDGEMENT_SCORE_FIELDS), *(projected_score(d, c) for c in criteria))
             for d in raw
         ]
 
@@ -639,10 +407,10 @@ class MongoStore:
     # --- audit trail --------------------------------------------------------
 
     def add_audit(self, doc: Doc) -> str:
-        doc = {**doc, "id": doc.get("id") or _new_id()}
-        doc["ts"] = doc.get("ts") or _now()
+        doc = {**doc, "id": doc.get("id") or new_id()}
+        doc["ts"] = doc.get("ts") or now()
         try:
-            self._call("add audit entry", lambda: self._db.audit.insert_one(_to_mongo(doc)))
+            self._call("add audit entry", lambda: self._db.audit.insert_one(to_mongo(doc)))
         except DuplicateKeyError as exc:
             raise DuplicateError(f"an audit entry with id {doc['id']} already exists") from exc
         return doc["id"]
@@ -685,11 +453,11 @@ class MongoStore:
     def append_event(self, evaluation_id: str, level: str, message: str, **fields: Any) -> int:
         seq = self._next_seq(evaluation_id)
         doc = {
-            **_clean(fields),
+            **clean(fields),
             "_id": f"{evaluation_id}:{seq}",
             "evaluation_id": evaluation_id,
             "seq": seq,
-            "ts": fields.get("ts") or _now(),
+            "ts": fields.get("ts") or now(),
             "level": level,
             "message": redact(message),
         }

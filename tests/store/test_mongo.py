@@ -13,7 +13,7 @@ from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure
 
 from storybench_core.errors import StoreError
 from storybench_core.redact import redact
-from storybench_core.store import mongo as mongo_module
+from storybench_core.store import mongo_base as mongo_module  # the client, timeouts and retries live here
 from storybench_core.store.factory import open_store
 from storybench_core.store.mongo import MongoStore
 
@@ -198,9 +198,11 @@ def _start_nx(data: Path, port: int) -> Any:
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
     )
-    client: MongoClient[Any] = MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=10_000)
+    client: MongoClient[Any] = MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=30_000)
     try:
-        client.admin.command("ping")  # up (or the test fails here, after 10 s)
+        client.admin.command(
+            "ping"
+        )  # up (or the test fails here, after 30 s: a loaded machine starts it slowly)
     finally:
         client.close()
     return proc

@@ -15,9 +15,10 @@ import pytest
 
 from storybench_core import paths
 from storybench_core.errors import StoreError
-from storybench_core.store import sqlite as sqlite_module
+from storybench_core.store import sqlite_base as sqlite_module  # migrations run here
 from storybench_core.store.factory import open_store
-from storybench_core.store.sqlite import MIGRATIONS, SQLiteStore
+from storybench_core.store.schema import MIGRATIONS
+from storybench_core.store.sqlite import SQLiteStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
