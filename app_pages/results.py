@@ -11,6 +11,7 @@ import streamlit as st
 from storybench_core import access, archive, job_kinds, jobs, ratings, results
 from storybench_core.store.base import Doc
 from storybench_core.text_safety import safe_inline, safe_markdown
+from storybench_core.views import compare as compare_view
 from storybench_core.views import reliability as reliability_view
 from storybench_core.views import results as results_view
 from storybench_core.views import run as run_view
@@ -453,23 +454,23 @@ def pairwise_ratings(evaluation_id: str, board: pd.DataFrame | None) -> None:
         )
 
 
-def compare(evaluation_id: str) -> scores_view.CompareChoice:
+def compare(evaluation_id: str) -> compare_view.CompareChoice:
     """Pick sequence, prompt, run and models; their responses side by side with scores and justifications."""
     options = results_view.filter_options(frame, evaluation_id)
     keys = {name: f"{PAGE}.compare.{name}" for name in ("sequence", "prompt", "run", "models")}
     if all(k in st.session_state for k in keys.values()):
-        wanted = scores_view.CompareChoice(
+        wanted = compare_view.CompareChoice(
             *(st.session_state[keys[n]] for n in ("sequence", "prompt", "run")),
             tuple(st.session_state[keys["models"]]),
         )
     else:
-        wanted = scores_view.compare_from_query(url)
-    choice = scores_view.sanitize_compare(wanted, options)
+        wanted = compare_view.compare_from_query(url)
+    choice = compare_view.sanitize_compare(wanted, options)
     for name in ("sequence", "prompt", "run"):
         st.session_state[keys[name]] = getattr(choice, name)
     st.session_state[keys["models"]] = list(choice.models)
     seq_col, prompt_col, run_col, model_col = st.columns([2, 1, 1, 4])
-    choice = scores_view.CompareChoice(
+    choice = compare_view.CompareChoice(
         sequence=seq_col.selectbox("Sequence", options.sequences, key=keys["sequence"]),
         prompt=prompt_col.selectbox("Prompt", options.prompts, key=keys["prompt"]),
         run=run_col.selectbox("Run", options.runs, key=keys["run"]),
@@ -479,7 +480,7 @@ def compare(evaluation_id: str) -> scores_view.CompareChoice:
         st.info("Choose two or more models to compare their responses side by side.")
         return choice
     rows = services.compare(evaluation_id, choice.sequence, choice.prompt - 1, choice.run, choice.models)
-    prompt_text, columns = scores_view.compare_columns(rows, judge)
+    prompt_text, columns = compare_view.compare_columns(rows, judge)
     if not columns:
         st.info("None of these models has a response to this prompt in this run.")
         return choice
@@ -601,7 +602,7 @@ with export_tab:
         )
 
 # Mirror the shareable selections in the URL last, once every widget has its value.
-query = results_view.filters_to_query(filters) | scores_view.selections_to_query(
+query = results_view.filters_to_query(filters) | compare_view.selections_to_query(
     judge, compare_choice if evaluation is not None else None
 )
 if url != query:

@@ -212,23 +212,13 @@ def test_no_module_imports_a_private_name_from_another():
 
 
 MAX_MODULE_LINES = 500
-# Modules others are still splitting (issue 13); the lead shrinks this list. Nothing may be added.
-LONG_MODULES_BEING_SPLIT = {
-    "storybench_core/views/scores.py",
-}
-
-
 def test_no_core_module_is_longer_than_a_sitting():
     """One idea per module, readable in one sitting (STYLE.md): at most MAX_MODULE_LINES lines."""
     lengths = {
         path.relative_to(ROOT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
         for path in _core_modules().values()
     }
-    too_long = {
-        p: n for p, n in lengths.items() if n > MAX_MODULE_LINES and p not in LONG_MODULES_BEING_SPLIT
-    }
-    assert too_long == {}
-    assert set(lengths) >= LONG_MODULES_BEING_SPLIT  # a listed module that was renamed or removed: drop it
+    assert {p: n for p, n in lengths.items() if n > MAX_MODULE_LINES} == {}
 
 
 # --- the command line ------------------------------------------------------------------

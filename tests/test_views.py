@@ -20,7 +20,7 @@ from storybench_core.errors import DownloadError
 from storybench_core.hardware import GpuInfo, HardwareSnapshot
 from storybench_core.hub import ModelRef
 from storybench_core.store.sqlite import SQLiteStore
-from storybench_core.views import configure, hardware, models, results, run, scores
+from storybench_core.views import compare, configure, hardware, models, results, run, scores
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -729,30 +729,30 @@ def test_filter_scores_judges_and_turn_trend(judged_store):
 def test_compare_columns_carry_scores_justifications_and_failures(judged_store):
     store, eid = judged_store
     frame = rs.compare_frame(store, eid, "film", 0, 1, ["long", "short"])
-    prompt, columns = scores.compare_columns(frame)
+    prompt, columns = compare.compare_columns(frame)
     assert prompt == store.list_responses(eid, prompt_index=0)[0]["prompt_text"]
     long, short = columns
     assert (long.model, short.model) == ("long", "short") and long.overall == 4.0 and short.overall == 2.0
     assert [c.title for c in long.judgements] == ["j1 · attempt 1 · overall 4.00", "j1 · attempt 2 · failed"]
     assert long.judgements[0].scores[0].why == "long creativity" and long.judgements[1].error
     assert long.score_line.startswith("Creativity **4**") and long.status == ""
-    assert scores.compare_columns(frame, judge="other")[1][0].status == "not judged yet"
-    assert scores.compare_columns(frame.iloc[0:0]) == ("", [])
+    assert compare.compare_columns(frame, judge="other")[1][0].status == "not judged yet"
+    assert compare.compare_columns(frame.iloc[0:0]) == ("", [])
 
 
 def test_compare_choice_sanitizes_and_round_trips_through_the_url():
     options = results.FilterOptions(["e"], ["a", "b", "c", "d"], ["film", "thriller"], [1, 2, 3], [1, 2])
-    default = scores.sanitize_compare(scores.CompareChoice(), options)
-    assert default == scores.CompareChoice("film", 1, 1, ("a", "b", "c"))
-    kept = scores.sanitize_compare(scores.CompareChoice("thriller", 3, 2, ("d", "gone")), options)
-    assert kept == scores.CompareChoice("thriller", 3, 2, ("d",))
-    stale = scores.sanitize_compare(scores.CompareChoice("nope", 9, 9, ("gone",)), options)
-    assert stale == scores.CompareChoice("film", 1, 1, ())
-    query = scores.compare_to_query(kept)
+    default = compare.sanitize_compare(compare.CompareChoice(), options)
+    assert default == compare.CompareChoice("film", 1, 1, ("a", "b", "c"))
+    kept = compare.sanitize_compare(compare.CompareChoice("thriller", 3, 2, ("d", "gone")), options)
+    assert kept == compare.CompareChoice("thriller", 3, 2, ("d",))
+    stale = compare.sanitize_compare(compare.CompareChoice("nope", 9, 9, ("gone",)), options)
+    assert stale == compare.CompareChoice("film", 1, 1, ())
+    query = compare.compare_to_query(kept)
     assert query == {"cmp_sequence": ["thriller"], "cmp_prompt": ["3"], "cmp_run": ["2"], "cmp_model": ["d"]}
-    assert scores.compare_from_query(query) == kept
-    assert scores.compare_from_query({"cmp_prompt": ["x"]}).prompt is None
-    assert scores.selections_to_query("j1", None) == {"judge": ["j1"]}
+    assert compare.compare_from_query(query) == kept
+    assert compare.compare_from_query({"cmp_prompt": ["x"]}).prompt is None
+    assert compare.selections_to_query("j1", None) == {"judge": ["j1"]}
 
 
 def test_rating_sections_agreement_and_position_bias():
