@@ -82,7 +82,11 @@ def enqueue_job(
         "progress": {},
     }
     job_id = store.create_job(doc)
-    store.append_event(evaluation_id, "info", f"{kind} job {job_id} queued by {principal.id}", job=job_id)
+    seq = store.append_event(
+        evaluation_id, "info", f"{kind} job {job_id} queued by {principal.id}", job=job_id
+    )
+    # Where its console lines start in the evaluation's events: a viewer reads from here, not all of them.
+    store.update_job(job_id, {"events_from": seq})
     # Every kind is judging (rubric, pairwise, calibration): one audited action, the kind in the details.
     audit.record(
         store,

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from . import job_kinds
@@ -128,8 +129,10 @@ class Worker:
         job_kinds.recover_stale_jobs(self.store, self.stale_after_s)
         runs = self.store.list_evaluations(statuses=["queued"], brief=True)
         others = self.store.list_jobs(statuses=["queued"])
+        never = datetime.min.replace(tzinfo=UTC)  # a document without created_at goes first, not nowhere
         order = sorted(
-            [(d["created_at"], 0, d["id"]) for d in runs] + [(d["created_at"], 1, d["id"]) for d in others]
+            [(d.get("created_at") or never, 0, d["id"]) for d in runs]
+            + [(d.get("created_at") or never, 1, d["id"]) for d in others]
         )
         for _, is_job, row_id in order:
             if is_job:

@@ -79,7 +79,10 @@ def job_state(store: Store, job: Doc, *, with_lines: bool = True) -> JudgeJobSta
     result = job.get("result") or {}
     lines: tuple[str, ...] = ()
     if with_lines:
-        events = [e for e in store.list_events(job["evaluation_id"]) if e.get("job") == job["id"]]
+        start = max(0, int(job.get("events_from") or 1) - 1)
+        events = [
+            e for e in store.list_events(job["evaluation_id"], after_seq=start) if e.get("job") == job["id"]
+        ]
         lines = tuple(_line(e) for e in events[-KEEP_LINES:])
     return JudgeJobState(
         job_id=job["id"],
