@@ -312,3 +312,30 @@ def test_the_built_in_judges_limits_are_stated_and_an_ensemble_weights_by_reliab
     assert list(ranked["model_name"]) == ["m1", "m2"]
     assert ranked["ensemble_mean"].round(3).tolist() == [3.667, 2.333]
     assert weights.set_index("judge")["weight"].to_dict() == {"good": 1.0, "flat": 0.0, "new": 0.5}
+
+
+def test_self_family_preference_and_vote_agreement_by_hand(store):
+    from types import SimpleNamespace
+
+    from storybench_core.calibration import run as cal_run
+    from storybench_core.config import ModelSpec
+
+    def judgement(rid: str, model: str, overall: float) -> dict:
+        return {"response_id": rid, "evaluation_id": "e", "judge_model": "gemma-judge", "rubric_hash": "h",
+                "attempt": 1, "overall": overall, "model_name": model, "scores": {}}  # fmt: skip
+
+    for rid, model, overall in (("r1", "gemma-judge", 4.0), ("r2", "gemma-small", 3.0), ("r3", "qwen-x", 2.0),
+                                ("r4", "qwen-x", 1.0)):  # fmt: skip
+        store.add_judgement(judgement(rid, model, overall))
+    # Own 4.0 vs others (3, 2, 1) → 4 − 2 = 2; family (gemma-small 3.0) vs others (qwen 2, 1) → 3 − 1.5 = 1.5.
+    assert cal_run.self_preference(store, "e", "gemma-judge") == 2.0
+    config = SimpleNamespace(
+        models=[ModelSpec(kind="fake", name=n) for n in ("gemma-judge", "gemma-small", "qwen-x")]
+    )
+    judge_spec = ModelSpec(kind="fake", name="gemma-judge")
+    assert cal_run.family_preference(store, "e", "gemma-judge", judge_spec, config) == 1.5
+    # Votes: r2 over r3 (judge agrees: 3 > 2), r4 over r3 (disagrees: 1 < 2), a tie (not decided).
+    for n, (a, b, choice) in enumerate((("r2", "r3", "A"), ("r3", "r4", "B"), ("r1", "r2", "tie"))):
+        store.add_vote({"evaluation_id": "e", "voter": f"v{n}", "pair_key": f"p{n}", "choice": choice,
+                        "response_a": a, "response_b": b})  # fmt: skip
+    assert cal_run.vote_agreement(store, "e", "gemma-judge") == (0.5, 2)

@@ -135,6 +135,8 @@ def card_lines(view: CardView) -> list[tuple[str, str]]:
         rows.append((f"{check['transform']} lowers {check['criterion']} first", pct(check.get("share"))))
     if card.get("self_preference") is not None:
         rows.append(("Self-preference (own responses − others)", num(card.get("self_preference"))))
+    if card.get("family_preference") is not None:
+        rows.append(("Family preference (same model family − others)", num(card.get("family_preference"))))
     if card.get("vote_agreement") is not None:
         rows.append(
             (

@@ -69,6 +69,7 @@ class Card:
     position_flip_rate: float | None = None
     first_position_preference: float | None = None
     self_preference: float | None = None
+    family_preference: float | None = None
     vote_agreement: float | None = None
     vote_pairs: int = 0
 
@@ -120,6 +121,7 @@ def compute_card(
     transforms: dict[int, tuple[str, str | None]] | None = None,
     retested: bool,
     self_preference: float | None = None,
+    family_preference: float | None = None,
     vote_agreement: tuple[float, int] | None = None,
 ) -> Card:
     """The card from every rung judgement and pairwise verdict.
@@ -267,6 +269,7 @@ def compute_card(
         position_flip_rate=_round(flip_rate),
         first_position_preference=_round(first),
         self_preference=_round(self_preference),
+        family_preference=_round(family_preference),
         vote_agreement=_round(vote_agreement[0]) if vote_agreement else None,
         vote_pairs=vote_agreement[1] if vote_agreement else 0,
     )

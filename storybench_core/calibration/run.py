@@ -74,6 +74,38 @@ def self_preference(store: Store, evaluation_id: str, judge_name: str) -> float 
     return sum(own) / len(own) - sum(others) / len(others)
 
 
+def family_preference(
+    store: Store, evaluation_id: str, judge_name: str, judge: ModelSpec | None, config: Any
+) -> float | None:
+    """Mean score this judge gave candidates of its own model family (not itself) minus the others."""
+    if judge is None:
+        return None
+    from ..pairwise.family import model_family
+
+    family, _how = model_family(judge)
+    if family is None:
+        return None
+    kin = {
+        m.display_name for m in config.models if m.display_name != judge_name and model_family(m)[0] == family
+    }
+    if not kin:
+        return None
+    judgements = [
+        j
+        for j in store.list_judgements(evaluation_id, judge_model=judge_name)
+        if j.get("overall") is not None
+    ]
+    mine = [j["overall"] for j in judgements if j.get("model_name") in kin]
+    others = [
+        j["overall"]
+        for j in judgements
+        if j.get("model_name") not in kin and j.get("model_name") != judge_name
+    ]
+    if not mine or not others:
+        return None
+    return sum(mine) / len(mine) - sum(others) / len(others)
+
+
 def vote_agreement(store: Store, evaluation_id: str, judge_name: str) -> tuple[float, int] | None:
     """Share of the team's decided blind votes whose winner this judge also scored higher."""
     overall: dict[str, list[float]] = {}
@@ -223,6 +255,7 @@ def calibrate_judge(
             transforms=transforms,
             retested=retested,
             self_preference=self_preference(store, evaluation_id, name),
+            family_preference=family_preference(store, evaluation_id, name, spec, config),
             vote_agreement=vote_agreement(store, evaluation_id, name),
         )
         result = card.to_dict() | {
