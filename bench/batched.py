@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -213,7 +214,7 @@ def quickstart_config(args: argparse.Namespace, model: dict[str, Any], parallel_
 def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]]:
     """Each path on a freshly loaded model (load time not timed), as in a fresh worker: the
     batch decoder is sized by that path's width, its KV caches start empty."""
-    from storybench_core.width_probe import probe_rates
+    from storybench_core.width_probe import probe_rates, save_rates
     from storybench_core.widths import choose_width
 
     n_ctx = quickstart_config(args, {"kind": "bundled"}, None).generation.n_ctx
@@ -227,9 +228,11 @@ def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]
     try:
         config = quickstart_config(args, model, None)
         most, _ = choose_width(backend, config.generation, len(config.sequences) * config.generation.runs)
-        probe = probe_rates(backend, most)  # cached for the timed whole-evaluation runs below
+        probe = probe_rates(backend, most)
+        if not probe.kept:  # the timed whole-evaluation runs below must not measure again
+            save_rates(backend, probe.rates)
         print(
-            f"decode rates by width ({probe.describe()}; not in the timings): "
+            f"decode rates by width ({probe.describe()}; the timed runs below use them; not timed): "
             + ", ".join(f"{w}: {r:.1f}" for w, r in sorted(probe.rates.items())),
             flush=True,
         )
@@ -601,6 +604,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    # The API backend warns for each server reply one token over the fixed budget (cut off there).
+    logging.getLogger("storybench_core.backends").setLevel(logging.ERROR)
     busy_before = cpu_pressure()
     os.environ.setdefault("STORYBENCH_HOME", tempfile.mkdtemp(prefix="sb-bench-batched-"))
     from storybench_core.store.sqlite import SQLiteStore

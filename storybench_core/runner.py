@@ -13,7 +13,7 @@ missing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from .backends.base import ModelBackend
 from .backends.registry import create_backend
@@ -120,9 +120,17 @@ class Runner:
         self.group = group
         self.measure_width = measure_width
 
-    def execute(self, evaluation: Doc, config: RunConfig) -> RunSummary:
+    def execute(
+        self,
+        evaluation: Doc,
+        config: RunConfig,
+        *,
+        only: Collection[tuple[int, str, int]] | None = None,
+    ) -> RunSummary:
+        """The missing tasks of the evaluation; with `only` (model index, sequence, run), of those
+        conversations alone (the share a cluster executor hands one slot, executors/ray_slot.py)."""
         eid = evaluation["id"]
-        tasks = plan_tasks(config)
+        tasks = [t for t in plan_tasks(config) if only is None or t.conversation in only]
         done = self.store.completed_task_keys(eid)
         summary = RunSummary(skipped_existing=sum(1 for t in tasks if t.key(eid) in done))
         run = EvaluationRun(

@@ -5,13 +5,13 @@ no faster than one, four and more do) and on the build, the thread count and
 the model. So on a local GGUF model the scheduler measures: a few tokens of
 one short prompt, decoded greedily at each candidate width through the
 backend's own `chat_batch` (after a first call the prompt's cache and logits
-are reused, so only decoding is timed), twice, the better figure kept. The rates are kept in
-STORYBENCH_HOME/cache/batch_widths.json, keyed by the model file (name,
-size, a hash of its first MiB), the llama.cpp build and CPU features, the
-thread count, flash attention, the CPU and GPU layers: the next evaluation on
-the same model and machine measures nothing. Delete the file to measure
-again; STORYBENCH_WIDTH_PROBE=0 turns the measurement off (the width is then
-what memory allows).
+are reused, so only decoding is timed), twice, the better figure kept. The
+rates are kept in STORYBENCH_HOME/cache/batch_widths.json, keyed by the model
+file (name, size, a hash of its first MiB), the llama.cpp build and CPU
+features, the thread count, flash attention, the CPU and GPU layers: the next
+evaluation on the same model and machine measures nothing. Delete the file to
+measure again; STORYBENCH_WIDTH_PROBE=0 turns the measurement off (the width
+is then what memory allows).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .paths import storybench_home
 log = logging.getLogger(__name__)
 
 PROBE_ENV = "STORYBENCH_WIDTH_PROBE"
-# Widths measured, up to what memory and the pending conversations allow.
+# Widths measured, up to what memory and the pending conversations allow (and that width itself).
 PROBE_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32)
 PROBE_TOKENS = 8  # new tokens per conversation and width
 PROBE_PROMPT: list[Message] = [
@@ -49,6 +49,9 @@ BUSY_SHARE = 0.10
 
 def probe_enabled() -> bool:
     return os.environ.get(PROBE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+# --- what the rates are kept under ------------------------------------------------------------
 
 
 def _cpu_identity() -> dict[str, str]:
@@ -126,6 +129,26 @@ def cached_rates(backend: ModelBackend) -> dict[int, float]:
     return {int(w): float(r) for w, r in (entry.get("rates") or {}).items()}
 
 
+def save_rates(backend: ModelBackend, rates: dict[int, float]) -> bool:
+    """Keep these rates for this model and machine; False when the model has no file to key them by."""
+    key = machine_key(backend)
+    if key is None:
+        return False
+    path = cache_path()
+    data = _read_cache(path)
+    data[key[0]] = {
+        "identity": key[1],
+        "rates": {str(w): r for w, r in sorted(rates.items())},
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "probe_tokens": PROBE_TOKENS,
+    }
+    _write_cache(path, data)
+    return True
+
+
+# --- the measurement ------------------------------------------------------------------------------
+
+
 def cpu_wait_us() -> int | None:
     """Microseconds some task has waited for a CPU since boot (Linux PSI), None where unknown."""
     try:
@@ -135,6 +158,14 @@ def cpu_wait_us() -> int | None:
         return None
 
 
+def busy_share(waited_before_us: int | None, started_s: float) -> float | None:
+    """Share of the wall time since started_s in which some task waited for a CPU."""
+    waited = cpu_wait_us()
+    if waited is None or waited_before_us is None:
+        return None
+    return (waited - waited_before_us) / 1e6 / max(time.perf_counter() - started_s, 1e-6)
+
+
 def measure_rate(backend: ModelBackend, width: int, tokens: int = PROBE_TOKENS) -> float:
     """Aggregate new tokens/s of `width` copies of the probe prompt decoded together."""
     settings = [GenerationSettings(temperature=0.0, max_tokens=tokens, seed=1 + i) for i in range(width)]
@@ -142,14 +173,6 @@ def measure_rate(backend: ModelBackend, width: int, tokens: int = PROBE_TOKENS) 
     done = backend.chat_batch([PROBE_PROMPT] * width, settings)  # type: ignore[attr-defined]
     elapsed = max(time.perf_counter() - started, 1e-6)
     return sum(c.completion_tokens for c in done if c.finish_reason != "error") / elapsed
-
-
-def busy_share(waited_before_us: int | None, started_s: float) -> float | None:
-    """Share of the wall time since started_s in which some task waited for a CPU."""
-    waited = cpu_wait_us()
-    if waited is None or waited_before_us is None:
-        return None
-    return (waited - waited_before_us) / 1e6 / max(time.perf_counter() - started_s, 1e-6)
 
 
 @dataclass
@@ -183,9 +206,9 @@ def probe_rates(
     StopRequested propagates when should_stop() says so between two widths. Rates measured
     on a busy CPU (BUSY_SHARE) are used but not cached.
     """
-    key = machine_key(backend)
     probe = Probe(cached_rates(backend))
-    wanted = [w for w in widths if w <= most and w not in probe.rates]
+    # The widest width allowed too: the conversations pending may all fit in one round.
+    wanted = sorted({w for w in (*widths, most) if w <= most} - set(probe.rates))
     if not wanted:
         return probe
     waited_before, started = cpu_wait_us(), time.perf_counter()
@@ -195,7 +218,7 @@ def probe_rates(
             [PROBE_PROMPT] * max(wanted), [GenerationSettings(temperature=0.0, max_tokens=1)] * max(wanted)
         )
         # Two passes, up then down, keeping each width's better figure: a moment of contention
-        # slows one measurement, rarely both, and never one width's more than its neighbours'.
+        # slows one measurement, rarely both.
         for width in [*wanted, *reversed(wanted)]:
             if should_stop():
                 raise StopRequested()
@@ -211,15 +234,6 @@ def probe_rates(
     probe.busy_share = busy_share(waited_before, started)
     if probe.busy_share is not None and probe.busy_share > BUSY_SHARE:
         log.warning("%s: batch width probe on a busy CPU: not cached", backend.name)
-    elif key is not None and probe.measured:
-        path = cache_path()
-        data = _read_cache(path)
-        data[key[0]] = {
-            "identity": key[1],
-            "rates": {str(w): r for w, r in sorted(probe.rates.items())},
-            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "probe_tokens": PROBE_TOKENS,
-        }
-        _write_cache(path, data)
-        probe.kept = True
+    elif probe.measured:
+        probe.kept = save_rates(backend, probe.rates)
     return probe

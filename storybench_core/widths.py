@@ -87,10 +87,18 @@ def balanced_parts(n: int, most: int) -> list[int]:
     return [size + (1 if k < extra else 0) for k in range(count)]
 
 
-def rate_at(rates: dict[int, float], width: int) -> float:
-    """Aggregate decode tokens/s at `width`, interpolated between the measured widths."""
+def rate_at(rates: dict[int, float], width: int, step: int | None = None) -> float:
+    """Aggregate decode tokens/s at `width`, from the measured widths.
+
+    A backend that decodes at most `step` conversations per call (backends/llama_batch.py:
+    MAX_STEP_TOKENS) spends a step of `width` in calls of balanced parts, so an unmeasured
+    width above `step` takes the time of those parts; otherwise it is interpolated.
+    """
     if width in rates:
         return rates[width]
+    if step is not None and width > step:
+        parts = balanced_parts(width, step)
+        return width / sum(p / max(rate_at(rates, p), 1e-9) for p in parts)
     below = [w for w in rates if w < width]
     above = [w for w in rates if w > width]
     if not below:
@@ -102,7 +110,9 @@ def rate_at(rates: dict[int, float], width: int) -> float:
     return rates[lo] + (rates[hi] - rates[lo]) * (width - lo) / (hi - lo)
 
 
-def width_from_rates(rates: dict[int, float], n_conversations: int, most: int) -> tuple[int, float]:
+def width_from_rates(
+    rates: dict[int, float], n_conversations: int, most: int, step: int | None = None
+) -> tuple[int, float]:
     """The width (at most `most`) that decodes n equally long conversations soonest, and its rate.
 
     Conversations go in rounds of equal size (15 at most 7 → three rounds of 5), so no round
@@ -112,7 +122,7 @@ def width_from_rates(rates: dict[int, float], n_conversations: int, most: int) -
     top = max(1, min(most, n_conversations))
     for cap in range(1, top + 1):
         parts = balanced_parts(n_conversations, cap)
-        seconds = sum(p / max(rate_at(rates, p), 1e-9) for p in parts)
+        seconds = sum(p / max(rate_at(rates, p, step), 1e-9) for p in parts)
         width = max(parts, default=1)
         if best is None or seconds < best[0] * (1 - 1e-6):
             best = (seconds, width)
@@ -145,10 +155,14 @@ def width_for(
     except StorybenchError as exc:  # e.g. an unreadable GGUF header: one at a time, say why
         width, reason = 1, f"could not size a batch ({exc}); one conversation after another"
     local = getattr(backend, "model_path", None) is not None
+    measured = False
     if width > 1 and local and measure and gen.parallel_runs is None and probe_enabled():
         probe = probe_rates(backend, width, should_stop)
         if probe.rates:
-            chosen, rate = width_from_rates(probe.rates, n_conversations, width)
+            measured = True
+            engine = getattr(backend, "engine_info", None) or {}
+            step = engine.get("max_step_tokens") if isinstance(engine, dict) else None
+            chosen, rate = width_from_rates(probe.rates, n_conversations, width, step)
             rounds = balanced_parts(n_conversations, chosen)
             table = ", ".join(f"{w}: {r:.1f}" for w, r in sorted(probe.rates.items()) if w <= width)
             reason = (
@@ -157,6 +171,6 @@ def width_for(
                 f"{table}); memory allows {width}: {reason}"
             )
             width = chosen
-    if width > 1 or gen.parallel_runs not in (None, 1):
+    if width > 1 or measured or gen.parallel_runs not in (None, 1):
         event("info", f"{spec.display_name}: batch width {width}: {reason}", batch_width=width)
     return width

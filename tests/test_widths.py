@@ -35,6 +35,17 @@ def test_rate_between_and_beyond_the_measured_widths() -> None:
     assert rate_at({2: 10.0}, 1) == 10.0
 
 
+def test_a_width_above_the_step_limit_costs_its_parts() -> None:
+    # At most 7 conversations per decode call: a step of 8 is two calls of 4, of 15 three of 5.
+    measured = {1: 80.0, 2: 80.0, 3: 100.0, 4: 120.0, 5: 100.0, 6: 110.0, 7: 120.0}
+    assert rate_at(measured, 8, step=7) == pytest.approx(120.0)
+    assert rate_at(measured, 15, step=7) == pytest.approx(100.0)
+    assert rate_at(measured, 14, step=7) == pytest.approx(120.0)
+    assert rate_at(measured, 9, step=7) == pytest.approx(9 / (5 / 100.0 + 4 / 120.0))
+    # So 15 conversations go as two rounds (8 and 7), not one of 15.
+    assert width_from_rates(measured, 15, 15, step=7)[0] == 8
+
+
 def test_width_from_rates_finishes_the_conversations_soonest() -> None:
     # Three conversations: not one round of 3 (40.5 tok/s), but two together and one alone.
     assert width_from_rates(AVX2_LIKE, 3, 3)[0] == 2
@@ -97,6 +108,7 @@ def test_probe_measures_once_per_model_and_machine(model: Path, scripted: list[i
     again = width_probe.probe_rates(LocalFake(model), 8)
     assert again.rates == probe.rates and again.measured == [] and again.describe() == "measured before"
     assert width_probe.probe_rates(LocalFake(model), 12).measured == [10, 12]
+    assert width_probe.probe_rates(LocalFake(model), 13).measured == [13]  # the widest allowed too
     # Another thread count is another machine.
     assert width_probe.probe_rates(LocalFake(model, threads=1), 2).measured == [1, 2]
     assert len(json.loads(width_probe.cache_path().read_text())) == 2
@@ -130,6 +142,18 @@ def test_width_for_uses_the_measured_rates_and_says_so(model: Path, scripted: li
         width_for(spec, LocalFake(model), GenerationSettingsConfig(), 15, event, lambda: False, measure=False)
         == 15
     )
+
+
+def test_a_measured_width_of_one_is_said_too(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(width_probe, "measure_rate", lambda backend, width, tokens=8: 100.0 / width)
+    monkeypatch.setattr(width_probe, "cpu_wait_us", lambda: 0)
+    events: list[str] = []
+    spec = ModelSpec(kind="path", path=str(model), name="tiny")
+    gen = GenerationSettingsConfig()
+    assert (
+        width_for(spec, LocalFake(model), gen, 6, lambda level, m, **f: events.append(m), lambda: False) == 1
+    )
+    assert len(events) == 1 and events[0].startswith("tiny: batch width 1: 6 conversations in 6 round(s)")
 
 
 def test_probe_turned_off_by_the_environment(
