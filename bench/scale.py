@@ -7,7 +7,9 @@ one node, then of two nodes, each node one CPU slot (one actor, one loaded model
 runs with the model's default thread count and with --node-threads threads per node (1: the two
 nodes do not compete for the cores of a 2-core machine). Printed per variant: wall time, aggregate
 tokens/s (every new token ÷ wall time, model loads, slot start-up and storage included), the ratio
-to the local worker, and the responses stored per node.
+to the local worker, and the responses stored per node. The control: two plain local worker
+processes side by side (no Ray), each on half of the sequences: what two model instances on this
+machine give without any cluster.
 
 Then the dispatch overhead: --fake-conversations conversations on the scripted fake backend (no
 model time at all), one conversation per dispatch, on one Ray node against the local worker:
@@ -22,6 +24,7 @@ loopback-only network namespace (`unshare -n`, as root), with RAY_USAGE_STATS_EN
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -123,6 +126,39 @@ def run_once(store: Any, cfg: Any, executor: Any | None) -> dict[str, Any]:
         "per_node": dict(per_node),
         "startup_s": startup,
         "conversations": len({(r["sequence"], r["run"]) for r in responses}),
+        "widths": sorted({int(r.get("batch_width") or 1) for r in responses}),
+    }
+
+
+def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
+    """The control: two plain local worker processes at once, each on half of the sequences."""
+    seqs = args.sequences.split(",")
+    common = [
+        "--runs",
+        str(args.runs),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--node-threads",
+        str(args.node_threads),
+    ]
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, *common, "--one-local", ",".join(half)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for half in (seqs[0::2], seqs[1::2])
+    ]
+    results = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    return {
+        "status": "/".join(sorted({r["status"] for r in results})),
+        "wall_s": max(r["wall_s"] for r in results),
+        "responses": sum(r["responses"] for r in results),
+        "tokens": sum(r["tokens"] for r in results),
+        "per_node": {f"process {i + 1}": r["responses"] for i, r in enumerate(results)},
+        "startup_s": 0.0,
+        "conversations": sum(r["conversations"] for r in results),
+        "widths": sorted({w for r in results for w in r["widths"]}),
     }
 
 
@@ -153,6 +189,7 @@ def main() -> int:
         "--node-threads", type=int, default=1, help="llama threads per Ray node in the second pass"
     )
     ap.add_argument("--fake-conversations", type=int, default=40)
+    ap.add_argument("--one-local", help=argparse.SUPPRESS)  # a child of the side-by-side control
     args = ap.parse_args()
     if os.environ.get(IN_NETNS_ENV) != "1":
         return reexec_in_namespace()
@@ -160,6 +197,9 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="storybench-scale-"))
     os.environ["STORYBENCH_HOME"] = str(home)
     os.environ["STORYBENCH_ENABLE_FAKE_BACKEND"] = "1"
+    # No width measurement: every variant decodes all of its conversations together (what memory
+    # allows), so the figures compare executors, not probes taken at different moments.
+    os.environ["STORYBENCH_WIDTH_PROBE"] = "0"
     from storybench_core import bundled
     from storybench_core.executors import RayExecutor
     from storybench_core.store.sqlite import SQLiteStore
@@ -171,6 +211,11 @@ def main() -> int:
         os.link(shared, target)
     bundled.ensure_bundled_model()
     store = SQLiteStore(home / "scale.db")
+    if args.one_local:
+        args.sequences = args.one_local
+        print(json.dumps(run_once(store, config(args, args.node_threads), None)), flush=True)
+        shutil.rmtree(home, ignore_errors=True)
+        return 0
     print(f"CPU: {cpu_line()}; load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     n_conv = len(args.sequences.split(",")) * args.runs
     print(
@@ -186,8 +231,9 @@ def main() -> int:
         base = rows[0][1]["tokens"] / rows[0][1]["wall_s"]
         nodes = ", ".join(f"{k}: {v}" for k, v in result["per_node"].items()) or "-"
         print(
-            f"{name:<34} {result['status']:<9} {result['wall_s']:6.1f} s  {result['tokens']:5d} tok  "
-            f"{tps:6.1f} tok/s  × {tps / base:4.2f}  start-up {result['startup_s']:4.1f} s  per node {nodes}",
+            f"{name:<42} {result['status']:<9} {result['wall_s']:6.1f} s  {result['tokens']:5d} tok  "
+            f"{tps:6.1f} tok/s  × {tps / base:4.2f}  width {','.join(map(str, result['widths']))}  "
+            f"start-up {result['startup_s']:4.1f} s  per node {nodes}",
             flush=True,
         )
 
@@ -195,6 +241,8 @@ def main() -> int:
     report(
         f"local worker ({args.node_threads} thread)", run_once(store, config(args, args.node_threads), None)
     )
+    if len(args.sequences.split(",")) >= 2:
+        report(f"2 local workers side by side, no Ray ({args.node_threads} thread)", side_by_side(args))
     for nodes in (1, 2):
         for threads in (None, args.node_threads):
             label = f"Ray {nodes} node(s) × 1 slot ({'default' if threads is None else threads} threads)"

@@ -5,7 +5,9 @@ prefix stays in that slot's KV cache). A slot keeps the model it holds while tha
 pending conversations; a slot whose model is done switches to the model the fewest slots hold.
 Shares shrink as the pending work does (guided self-scheduling: the pending conversations of a
 model over the slots that model deserves), so a slot gets a batch worth decoding together early
-and the last shares are small enough that no slot idles long while another finishes.
+and the last shares are small enough that no slot idles long while another finishes. A share is
+never smaller than an even split of the model's conversations over the slots, up to BATCH_FLOOR:
+4 conversations on 2 slots are 2 + 2 (two batches of two), not 2 + 1 + 1.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 
 # (model index, sequence, run): one conversation, as tasks.Task.conversation names it.
 ConversationId = tuple[int, str, int]
+# A share of this many conversations is already a full batch on a CPU (bench/batched.py: 8 runs
+# decode no faster than 4-7); the even split is kept as a floor only up to it.
+BATCH_FLOOR = 8
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class DispatchPlan:
         self._pending: dict[int, list[ConversationId]] = {}
         for conv in pending:
             self._pending.setdefault(conv[0], []).append(conv)
+        self._even = {m: math.ceil(len(convs) / self.n_slots) for m, convs in self._pending.items()}
 
     @property
     def remaining(self) -> int:
@@ -45,12 +51,13 @@ class DispatchPlan:
         return [m for m, convs in self._pending.items() if convs]
 
     def share_size(self, model_index: int) -> int:
-        """ceil(pending of this model / the slots its share of the pending work is worth), ≥ 1."""
+        """ceil(pending of this model / the slots its share of the pending work is worth), at least
+        the even split (up to BATCH_FLOOR), at most what is pending and max_share."""
         mine, total = len(self._pending.get(model_index, ())), self.remaining
         if not mine:
             return 0
         slots = max(1, round(self.n_slots * mine / total))
-        size = math.ceil(mine / slots)
+        size = max(math.ceil(mine / slots), min(mine, self._even.get(model_index, 1), BATCH_FLOOR))
         return max(1, min(size, self.max_share) if self.max_share else size)
 
     def choose_model(self, loaded: int | None, held: Counter[int]) -> int | None:
