@@ -212,6 +212,8 @@ def test_no_module_imports_a_private_name_from_another():
 
 
 MAX_MODULE_LINES = 500
+
+
 def test_no_core_module_is_longer_than_a_sitting():
     """One idea per module, readable in one sitting (STYLE.md): at most MAX_MODULE_LINES lines."""
     lengths = {
