@@ -158,16 +158,6 @@ def evaluation_briefs(limit: int = 200) -> list[Doc]:
     return _evaluation_briefs(store_location(), limit)
 
 
-@st.cache_data(ttl=2.0, show_spinner=False)
-def _responses(location: str, evaluation_id: str | None) -> list[Doc]:
-    return store().list_responses(evaluation_id, include_messages=False)
-
-
-def responses(evaluation_id: str | None = None) -> list[Doc]:
-    """Stored responses without their messages (the table); one evaluation or all."""
-    return _responses(store_location(), evaluation_id)
-
-
 @st.cache_data(ttl=5.0, show_spinner=False)
 def _response(location: str, response_id: str) -> Doc | None:
     return store().get_response(response_id)
@@ -259,16 +249,6 @@ def sample_text_metrics(
     return _sample_text_metrics(store_location(), evaluation_id, conversations, token)
 
 
-@st.cache_data(ttl=30.0, show_spinner=False)
-def _text_metrics(location: str, evaluation_id: str) -> pd.DataFrame:
-    return results.text_metrics_frame(results.responses_frame(store(), evaluation_id, include_text=True))
-
-
-def text_metrics(evaluation_id: str) -> pd.DataFrame:
-    """Words, distinct-n, repeated 4-grams and stock phrases per response of one evaluation."""
-    return _text_metrics(store_location(), evaluation_id)
-
-
 @st.cache_data(ttl=10.0, show_spinner=False)
 def _pairwise(location: str, evaluation_id: str) -> pairwise.PairwiseReport:
     return pairwise.pairwise_report(store(), evaluation_id)
@@ -295,7 +275,7 @@ def compare(
 
 def refresh_after_write() -> None:
     """Drop cached reads a write may have changed, so this session sees it at once."""
-    for cached in (_evaluations, _responses, _response, _saved_configs, _cached_models):
+    for cached in (_evaluations, _evaluation_briefs, _response, _saved_configs, _cached_models):
         cached.clear()
     for cached in (_response_stats, _texts):
         cached.clear()
@@ -304,5 +284,5 @@ def refresh_after_write() -> None:
 
 def refresh_scores() -> None:
     """Drop the cached score reads (after judging)."""
-    for cached in (_scores, _text_metrics, _sample_text_metrics, _pairwise, _compare):
+    for cached in (_scores, _sample_text_metrics, _pairwise, _compare):
         cached.clear()
