@@ -194,7 +194,19 @@ def _start_nx(data: Path, port: int) -> Any:
     import sys
 
     exe = Path(sys.executable).parent / "nx-27017"
-    cmd = [str(exe), "--data-dir", str(data), "--host", "127.0.0.1", "-p", str(port)]
+    # Its own pid file: by default nx-27017 refuses to start while any other instance on the machine runs.
+    pid_file = data.parent / f"nx-{port}.pid"
+    cmd = [
+        str(exe),
+        "--data-dir",
+        str(data),
+        "--host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--pid-file",
+        str(pid_file),
+    ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
     )
