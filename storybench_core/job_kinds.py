@@ -22,9 +22,9 @@ from . import audit
 from .access import Principal, require
 from .config import ModelSpec
 from .errors import ConfigError, JobError
-from .jobqueue import STALE_AFTER_S, get_evaluation, worker_alive
+from .jobqueue import STALE_AFTER_S, get_evaluation, recover_dead
 from .runner import ModelPool, now_utc
-from .store.base import JOB_KINDS, Doc, Lease, Store
+from .store.base import JOB_KINDS, Doc, Store
 
 ACTIVE_JOB_STATUSES = ("queued", "running", "stopping")
 MAX_ACTIVE_JOBS_PER_EVALUATION = 1  # per kind: a second "Judge now" shows the first one
@@ -150,23 +150,14 @@ def requeue_job(store: Store, job_id: str, principal: Principal) -> None:
 
 
 def recover_stale_jobs(store: Store, stale_after_s: float = STALE_AFTER_S) -> list[str]:
-    """Requeue running jobs whose worker is gone (as jobqueue.recover_stale does for runs)."""
-    recovered = []
+    """Requeue running jobs whose worker is gone (jobqueue.recover_dead, as for runs)."""
+
+    def note(doc: Doc, why: str, new: str) -> None:
+        message = f"{doc['kind']} job {doc['id']}: {why}; {new}"
+        store.append_event(doc["evaluation_id"], "warning", message, job=doc["id"])
+
     docs = store.list_jobs(statuses=["running", "stopping"])
-    now = store.clock() if docs else None
-    for doc in docs:
-        alive, why = worker_alive(store, doc, stale_after_s, now)
-        if alive:
-            continue
-        new = "queued" if doc["status"] == "running" else "stopped"
-        if store.transition_job(
-            doc["id"], [doc["status"]], {"status": new, "worker_id": None}, lease=Lease.of(doc)
-        ):
-            store.append_event(
-                doc["evaluation_id"], "warning", f"{doc['kind']} job {doc['id']}: {why}; {new}", job=doc["id"]
-            )
-            recovered.append(doc["id"])
-    return recovered
+    return recover_dead(store, docs, store.transition_job, note, stale_after_s)
 
 
 @dataclass

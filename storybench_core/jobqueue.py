@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from datetime import datetime
 from uuid import uuid4
 
@@ -241,24 +242,38 @@ def worker_alive(
     return True, f"last heartbeat {max(age, 0):.0f} s ago"
 
 
-def recover_stale(store: Store, stale_after_s: float = STALE_AFTER_S) -> list[str]:
-    """Requeue running evaluations whose worker is gone (stale by the store's clock, or its local
-    process exited); a stopping one becomes stopped. Each change is a compare-and-set on the
-    dead worker's lease, so a worker that beats in between keeps its job."""
+def recover_dead(
+    store: Store,
+    docs: list[Doc],
+    transition: Callable[..., bool],
+    note: Callable[[Doc, str, str], None],
+    stale_after_s: float = STALE_AFTER_S,
+) -> list[str]:
+    """Of these running/stopping runs or jobs, requeue those whose worker is gone (stale by the
+    store's clock, or its local process exited); a stopping one becomes stopped. Each change is a
+    compare-and-set on the dead worker's lease, so a worker that beats in between keeps its job.
+    note(doc, why, new_status) records each change; returns the ids changed."""
     recovered = []
-    docs = store.list_evaluations(statuses=["running", "stopping"], brief=True)
     now = store.clock() if docs else None
     for doc in docs:
         alive, why = worker_alive(store, doc, stale_after_s, now)
         if alive:
             continue
         new = "queued" if doc["status"] == "running" else "stopped"
-        if store.transition_evaluation(
-            doc["id"], [doc["status"]], {"status": new, "worker_id": None}, lease=Lease.of(doc)
-        ):
-            store.append_event(doc["id"], "warning", f"worker {doc.get('worker_id')}: {why}; {new}")
+        if transition(doc["id"], [doc["status"]], {"status": new, "worker_id": None}, lease=Lease.of(doc)):
+            note(doc, why, new)
             recovered.append(doc["id"])
     return recovered
+
+
+def recover_stale(store: Store, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+    """Requeue running evaluations whose worker is gone (recover_dead)."""
+
+    def note(doc: Doc, why: str, new: str) -> None:
+        store.append_event(doc["id"], "warning", f"worker {doc.get('worker_id')}: {why}; {new}")
+
+    docs = store.list_evaluations(statuses=["running", "stopping"], brief=True)
+    return recover_dead(store, docs, store.transition_evaluation, note, stale_after_s)
 
 
 def active_evaluation(store: Store) -> Doc | None:

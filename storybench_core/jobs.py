@@ -165,13 +165,9 @@ class Worker:
             raise JobError(f"evaluation {eid} is held by {lease.owner or 'nobody'}, not by {self.worker_id}")
         self.current = eid
         lost = threading.Event()
-        beat_stop = threading.Event()
-        beat = threading.Thread(
-            target=self._heartbeat,
-            args=(self.store.heartbeat, self.store.get_evaluation, eid, lease, beat_stop, lost),
-            daemon=True,
+        beat, beat_stop = self._start_heartbeat(
+            self.store.heartbeat, self.store.get_evaluation, eid, lease, lost
         )
-        beat.start()
         try:
             config = evaluation_config(doc)
             hooks = self._hooks(eid, lease, lost, extra_hooks)
@@ -214,15 +210,12 @@ class Worker:
         lease = Lease.of(doc)
         self.current, self.current_job = eid, job_id
         lost = threading.Event()
-        beat_stop = threading.Event()
-        beat = threading.Thread(
-            target=self._heartbeat,
-            args=(self.store.heartbeat_job, self.store.get_job, job_id, lease, beat_stop, lost),
-            daemon=True,
+        beat, beat_stop = self._start_heartbeat(
+            self.store.heartbeat_job, self.store.get_job, job_id, lease, lost
         )
-        beat.start()
-        state = {"checked": 0.0, "stop": False, "progress_at": 0.0}
+        state = {"progress_at": 0.0}
         what = f"{doc.get('kind')} job {job_id}"
+        should_stop = self._stop_check(self.store.get_job, job_id, lease, lost, what)
 
         def event(level: str, message: str, **fields: Any) -> None:
             if not lost.is_set():
@@ -230,22 +223,6 @@ class Worker:
                     self.store.append_event(eid, level, message, job=job_id, **fields)
                 except StoreError as exc:
                     log.warning("[%s] could not write a console line: %s", job_id, exc)
-
-        def should_stop() -> bool:
-            now = time.monotonic()
-            if now - state["checked"] >= 0.5:
-                state["checked"] = now
-                try:
-                    current = self.store.get_job(job_id)
-                except StoreError as exc:
-                    log.warning("[%s] could not read the stop flag: %s", job_id, exc)
-                else:
-                    if not lease.held_in(current):
-                        self._note_lost(job_id, lease, lost)
-                    state["stop"] = current is None or current["status"] != "running"
-            if lost.is_set():
-                raise LeaseLost(f"{self.worker_id} lost {what}")
-            return bool(state["stop"]) or self._halt.is_set()
 
         def progress(info: dict[str, Any]) -> None:
             now = time.monotonic()
@@ -301,8 +278,49 @@ class Worker:
         if self.store.transition_job(job_id, ["running", "stopping"], fields, lease=lease):
             self.store.append_event(eid, "error", f"job {job_id} failed: {error}", job=job_id)
 
+    def _start_heartbeat(
+        self,
+        beat: Callable[[str, Lease], bool],
+        read: Callable[[str], Doc | None],
+        row_id: str,
+        lease: Lease,
+        lost: threading.Event,
+    ) -> tuple[threading.Thread, threading.Event]:
+        """The heartbeat thread of one run or job, and the event that ends it."""
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._heartbeat, args=(beat, read, row_id, lease, stop, lost), daemon=True
+        )
+        thread.start()
+        return thread, stop
+
+    def _stop_check(
+        self, read: Callable[[str], Doc | None], row_id: str, lease: Lease, lost: threading.Event, what: str
+    ) -> Callable[[], bool]:
+        """The one stop signal of a run or job: its status re-read at most every 0.5 s (a read that fails
+        keeps the last answer), the worker halting, or the lease lost (raises LeaseLost)."""
+        state = {"checked": 0.0, "stop": False}
+
+        def should_stop() -> bool:
+            now = time.monotonic()
+            if now - state["checked"] >= 0.5:
+                state["checked"] = now
+                try:
+                    current = read(row_id)
+                except StoreError as exc:  # unreadable for a moment: keep the last answer
+                    log.warning("[%s] could not read the stop flag: %s", row_id, exc)
+                else:
+                    if not lease.held_in(current):
+                        self._note_lost(row_id, lease, lost)
+                    state["stop"] = current is None or current["status"] != "running"
+            if lost.is_set():
+                raise LeaseLost(f"{self.worker_id} lost {what}")
+            return bool(state["stop"]) or self._halt.is_set()
+
+        return should_stop
+
     def _hooks(self, eid: str, lease: Lease, lost: threading.Event, extra: RunHooks | None) -> RunHooks:
-        state = {"checked": 0.0, "stop": False, "progress_at": 0.0, "telemetry_failures": 0}
+        state = {"progress_at": 0.0, "telemetry_failures": 0}
 
         def best_effort(what: str, write: Callable[[], Any]) -> None:
             # Console lines and live progress are telemetry: a store fault there (a lock held
@@ -326,21 +344,13 @@ class Worker:
             if extra:
                 extra.event(level, message, **fields)
 
-        def should_stop() -> bool:
-            now = time.monotonic()
-            if now - state["checked"] >= 0.5:
-                state["checked"] = now
-                try:
-                    current = self.store.get_evaluation(eid, brief=True)
-                except StoreError as exc:  # unreadable for a moment: keep the last answer
-                    log.warning("[%s] could not read the stop flag: %s", eid, exc)
-                else:
-                    if not lease.held_in(current):
-                        self._note_lost(eid, lease, lost)
-                    state["stop"] = current is None or current["status"] not in ("running",)
-            if lost.is_set():
-                raise LeaseLost(f"{self.worker_id} lost evaluation {eid}")
-            return bool(state["stop"]) or self._halt.is_set()
+        should_stop = self._stop_check(
+            lambda row_id: self.store.get_evaluation(row_id, brief=True),
+            eid,
+            lease,
+            lost,
+            f"evaluation {eid}",
+        )
 
         def progress(fields: dict[str, Any]) -> None:
             now = time.monotonic()
