@@ -46,13 +46,17 @@ class MongoStore(MongoBase):
     # --- evaluations --------------------------------------------------------
 
     def create_evaluation(self, doc: Doc) -> str:
+        return self._create_queued("evaluations", doc, "an evaluation")
+
+    def _create_queued(self, collection: str, doc: Doc, what: str) -> str:
+        """Insert a run or job (id, created_at and status=queued filled in when missing)."""
         doc = {**doc, "id": doc.get("id") or new_id()}
         doc.setdefault("created_at", now())
         doc.setdefault("status", "queued")
         try:
-            self._call("create evaluation", lambda: self._db.evaluations.insert_one(to_mongo(doc)))
+            self._call(f"create {collection[:-1]}", lambda: self._db[collection].insert_one(to_mongo(doc)))
         except DuplicateKeyError as exc:
-            raise DuplicateError(f"an evaluation with id {doc['id']} already exists") from exc
+            raise DuplicateError(f"{what} with id {doc['id']} already exists") from exc
         return doc["id"]
 
     def get_evaluation(self, evaluation_id: str, *, brief: bool = False) -> Doc | None:
@@ -175,14 +179,7 @@ class MongoStore(MongoBase):
     # --- jobs other than runs ----------------------------------------------
 
     def create_job(self, doc: Doc) -> str:
-        doc = {**doc, "id": doc.get("id") or new_id()}
-        doc.setdefault("created_at", now())
-        doc.setdefault("status", "queued")
-        try:
-            self._call("create job", lambda: self._db.jobs.insert_one(to_mongo(doc)))
-        except DuplicateKeyError as exc:
-            raise DuplicateError(f"a job with id {doc['id']} already exists") from exc
-        return doc["id"]
+        return self._create_queued("jobs", doc, "a job")
 
     def get_job(self, job_id: str) -> Doc | None:
         found = self._find("jobs", {"_id": job_id}, [("_id", 1)], one=True)

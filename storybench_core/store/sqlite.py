@@ -49,16 +49,18 @@ class SQLiteStore(SQLiteBase):
     # --- evaluations --------------------------------------------------------
 
     def create_evaluation(self, doc: Doc) -> str:
+        return self._create_queued("evaluations", doc, "an evaluation")
+
+    def _create_queued(self, table: str, doc: Doc, what: str) -> str:
+        """Insert a run or job (id, created_at and status=queued filled in when missing)."""
         doc = {**doc, "id": doc.get("id") or new_id()}
         doc.setdefault("created_at", now())
         doc.setdefault("status", "queued")
         with self._tx() as conn:
             try:
-                self._insert(conn, "evaluations", doc)
+                self._insert(conn, table, doc)
             except sqlite3.IntegrityError as exc:
-                raise DuplicateError(
-                    f"an evaluation with id {doc['id']} already exists in {self.path}"
-                ) from exc
+                raise DuplicateError(f"{what} with id {doc['id']} already exists in {self.path}") from exc
         return doc["id"]
 
     def get_evaluation(self, evaluation_id: str, *, brief: bool = False) -> Doc | None:
@@ -194,15 +196,7 @@ class SQLiteStore(SQLiteBase):
     # --- jobs other than runs ----------------------------------------------
 
     def create_job(self, doc: Doc) -> str:
-        doc = {**doc, "id": doc.get("id") or new_id()}
-        doc.setdefault("created_at", now())
-        doc.setdefault("status", "queued")
-        with self._tx() as conn:
-            try:
-                self._insert(conn, "jobs", doc)
-            except sqlite3.IntegrityError as exc:
-                raise DuplicateError(f"a job with id {doc['id']} already exists in {self.path}") from exc
-        return doc["id"]
+        return self._create_queued("jobs", doc, "a job")
 
     def get_job(self, job_id: str) -> Doc | None:
         found = self._select("jobs", "id = ?", [job_id], one=True)
