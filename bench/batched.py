@@ -86,6 +86,25 @@ class Measurement:
         values = list(self.prompt_evaluated.values())
         return None if any(v is None for v in values) else sum(v or 0 for v in values)
 
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["batch_widths"] = sorted(w for w in self.batch_widths if w is not None)
+        out["texts"] = [[*k, t] for k, t in self.texts.items()]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Measurement:
+        return cls(
+            wall_s=data["wall_s"],
+            completion_tokens=data["completion_tokens"],
+            responses=data["responses"],
+            prompt_sent={int(k): v for k, v in data["prompt_sent"].items()},
+            prompt_evaluated={int(k): v for k, v in data["prompt_evaluated"].items()},
+            batch_widths=set(data["batch_widths"]),
+            texts={(a, b, c): t for a, b, c, t in data["texts"]},
+            width_note=data.get("width_note", ""),
+        )
+
 
 @contextmanager
 def eos_ignored() -> Iterator[None]:
@@ -178,6 +197,9 @@ def load_bundled(args: argparse.Namespace, n_ctx: int, quiet: bool = False) -> t
     backend = create_llama_backend(ModelSpec(**model), GenerationSettingsConfig(n_ctx=n_ctx))
     if not quiet:
         print(f"model: {backend.name} — {backend.load_note}")
+        print(
+            f"CPU matrix kernels: {backend.engine_info['cpu_matmul']} (storybench_core/backends/llama_kernels.py)"
+        )
     if not args.natural_stops:
         backend.template = dataclasses.replace(backend.template, stop=())
     return backend, model
@@ -224,8 +246,12 @@ def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]
         ("whole evaluation", None, {}),
         *[(f"whole evaluation, parallel_runs {w}", w, {}) for w in args.widths],
     ]
+    if args.only_width1:
+        paths = paths[:1]
     backend, model = load_bundled(args, n_ctx)
     try:
+        if args.only_width1:
+            raise _SkipProbe
         config = quickstart_config(args, model, None)
         most, _ = choose_width(backend, config.generation, len(config.sequences) * config.generation.runs)
         probe = probe_rates(backend, most)
@@ -236,6 +262,8 @@ def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]
             + ", ".join(f"{w}: {r:.1f}" for w, r in sorted(probe.rates.items())),
             flush=True,
         )
+    except _SkipProbe:
+        pass
     finally:
         backend.close()
     found: dict[str, Measurement | None] = {label: None for label, _, _ in paths}
@@ -250,6 +278,45 @@ def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]
             widths = "/".join(str(w) for w in sorted(w for w in m.batch_widths if w is not None)) or "1"
             print(f"  {label}: {m.tokens_per_s:.1f} tok/s ({m.wall_s:.1f} s, width {widths})", flush=True)
     return [{"label": label, "m": m} for label, m in found.items() if m is not None]
+
+
+class _SkipProbe(Exception):
+    """--only-width1: no width measurement (one path, one width)."""
+
+
+def mixed_width1_row(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Width 1 on llama.cpp's own kernel choice (STORYBENCH_CPU_MATMUL=mixed), in a child process.
+
+    ggml reads its kernel switch once per process, so the other engine needs its own process:
+    the fastest way to run one conversation at a time, the baseline a user who never batches
+    would compare against (its texts differ from the tiled kernels' texts: other rounding).
+    """
+    with tempfile.TemporaryDirectory(prefix="sb-bench-mixed-") as tmp:
+        out = Path(tmp) / "width1.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--only-width1", "--json-out", str(out)]
+        command += [
+            "--max-tokens",
+            str(args.max_tokens),
+            "--runs",
+            str(args.runs),
+            "--repeat",
+            str(args.repeat),
+        ]
+        command += ["--temperature", str(args.temperature)]
+        command += ["--threads", str(args.threads)] if args.threads else []
+        command += ["--natural-stops"] if args.natural_stops else []
+        command += ["--flash-attn"] if args.flash_attn else []
+        from storybench_core.backends.llama_kernels import without_our_kernel_choice
+
+        env = without_our_kernel_choice(dict(os.environ)) | {"STORYBENCH_CPU_MATMUL": "mixed"}
+        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in done.stdout.splitlines():
+            if line.startswith("  width 1:"):
+                print(line.replace("width 1:", "width 1, mixed kernels:"), flush=True)
+        if done.returncode != 0 or not out.is_file():
+            print(f"skipping width 1 with mixed kernels (exit {done.returncode}):\n{done.stdout[-2000:]}")
+            return None
+        return {"label": "width 1, mixed kernels", "m": Measurement.from_json(json.loads(out.read_text()))}
 
 
 def allow_loopback(url: str) -> None:
@@ -309,6 +376,13 @@ def print_quickstart(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row["m"].width_note:
             print(f"  {row['label']}: {row['m'].width_note}")
+    by_label = {row["label"]: row["m"].tokens_per_s for row in rows}
+    whole = by_label.get("whole evaluation")
+    if whole:
+        print("\nwhole evaluation (the default) against:")
+        for row in rows:
+            if row["label"] != "whole evaluation":
+                print(f"  {row['label']:<34} × {whole / row['m'].tokens_per_s:.2f}")
 
 
 # --- one sequence, runs = each width (the earlier table) -----------------------------------------
@@ -481,8 +555,12 @@ def llama_server_binary(args: argparse.Namespace, binary: str, slots: int, n_ctx
 def _serve(command: list[str], port: int, label: str) -> Iterator[str]:
     """Start a server process, wait until /v1/models answers, yield its URL, stop it."""
     log_path = Path(tempfile.gettempdir()) / f"storybench-bench-server-{port}.log"
+    from storybench_core.backends.llama_kernels import without_our_kernel_choice
+
+    # The server runs on llama.cpp's own kernel choice, not the one this process set for itself.
+    env = without_our_kernel_choice(dict(os.environ))
     with log_path.open("w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
@@ -591,6 +669,13 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--build-timeout", type=float, default=900, help="seconds --llama-server auto may build")
     ap.add_argument("--skip-local", action="store_true", help="only the server figures")
+    ap.add_argument(
+        "--no-mixed",
+        action="store_true",
+        help="quickstart: skip width 1 on llama.cpp's own kernels (a child)",
+    )
+    ap.add_argument("--only-width1", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     quick = args.work == "quickstart"
     default_widths = "" if quick else "1,2,3,4,8"
@@ -638,6 +723,13 @@ def run_quickstart(args: argparse.Namespace, store: Any, budget: str, fa: str) -
         f"best of {args.repeat}; {fa}"
     )
     rows = [] if args.skip_local else quickstart_rows(args, store)
+    if args.only_width1:
+        if args.json_out and rows:
+            Path(args.json_out).write_text(json.dumps(rows[0]["m"].to_json()))
+        return
+    if rows and not args.no_mixed:
+        mixed = mixed_width1_row(args)
+        rows += [mixed] if mixed else []
     if args.llama_server:
         n_ctx = quickstart_config(args, {"kind": "bundled"}, None).generation.n_ctx
         with llama_server_binary(args, args.llama_server, SERVER_SLOTS, n_ctx) as url:

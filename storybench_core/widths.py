@@ -91,7 +91,7 @@ def rate_at(rates: dict[int, float], width: int, step: int | None = None) -> flo
     """Aggregate decode tokens/s at `width`, from the measured widths.
 
     A backend that decodes at most `step` conversations per call (backends/llama_batch.py:
-    MAX_STEP_TOKENS) spends a step of `width` in calls of balanced parts, so an unmeasured
+    engine["max_step_tokens"]) spends a step of `width` in calls of balanced parts, so an unmeasured
     width above `step` takes the time of those parts; otherwise it is interpolated.
     """
     if width in rates:

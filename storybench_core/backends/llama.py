@@ -31,9 +31,10 @@ import llama_cpp
 from llama_cpp import Llama, LlamaGrammar
 
 from ..errors import ConfigError, ContextOverflowError, ModelError, ModelFileError
+from . import llama_kernels
 from .base import BatchTokenCallback, Completion, GenerationSettings, Message, TokenCallback
 from .llama_batch import BatchDecoder, BatchRequest
-from .llama_slots import MAX_STEP_TOKENS, PROMPT_CHUNK_TOKENS
+from .llama_slots import PROMPT_CHUNK_TOKENS
 from .llama_template import (
     CHAT_FORMATS,
     PLAIN_TRANSCRIPT,
@@ -208,13 +209,19 @@ class LlamaBackend:
     @property
     def engine_info(self) -> dict[str, Any]:
         """What a response's exact text depends on besides its prompt and settings (stored with it)."""
+        decoder = self._batch_decoder if self._batch_decoder and not self._batch_decoder.closed else None
         return {
             "llama_cpp_python": llama_cpp.__version__,
             "cpu_features": cpu_features(),
             "n_threads": self.n_threads,
             "flash_attn": self.flash_attn,
             "prompt_chunk_tokens": PROMPT_CHUNK_TOKENS,
-            "max_step_tokens": MAX_STEP_TOKENS,
+            "cpu_matmul": decoder.cpu_matmul if decoder else llama_kernels.effective_mode(),
+            "max_step_tokens": (
+                decoder.max_step_tokens
+                if decoder
+                else llama_kernels.step_limit(llama_kernels.effective_mode())
+            ),
             "template": self.template.name,
             "model_file": self.model_path.name,
         }
@@ -318,6 +325,7 @@ def create_llama_backend(spec: ModelSpec, generation: GenerationSettingsConfig) 
     else:
         plan = plan_for_model(path, generation.n_ctx, generation.vram_limit_percent, snapshot=snapshot)
     n_threads = int(spec.options.get("n_threads") or snapshot.cpu_count_physical or os.cpu_count() or 1)
+    llama_kernels.apply()  # before llama.cpp's first matrix product in this process
     flash_attn = spec.options.get("flash_attn", False)
     if not isinstance(flash_attn, bool):
         raise ConfigError(

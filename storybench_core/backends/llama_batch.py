@@ -46,9 +46,9 @@ import numpy as np
 from ..errors import ModelError
 from .base import BatchTokenCallback, Completion, GenerationSettings
 from .generation_meter import GenerationMeter
+from .llama_kernels import checked_step_limit
 from .llama_sampling import Sampling
 from .llama_slots import (
-    MAX_STEP_TOKENS,
     PROMPT_CHUNK_TOKENS,
     Slot,
     balanced_parts,
@@ -133,6 +133,8 @@ class BatchDecoder:
         self.sampling = Sampling(self._vocab)
         # Freed before the model: the model's exit stack runs this when Llama.close() runs.
         llm._model._exit_stack.callback(self.close)
+        # Tokens per generation call (None: every generating conversation in one call), checked.
+        self.cpu_matmul, self.max_step_tokens = checked_step_limit(ctx, self._batch, self.n_vocab, n_seq)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -187,7 +189,12 @@ class BatchDecoder:
         for i, request in enumerate(requests):
             job = self._new_job(i, request, started)
             if engine is not None:
-                job.extra["engine"] = {**engine, "batch_width": len(requests)}
+                job.extra["engine"] = {
+                    **engine,
+                    "cpu_matmul": self.cpu_matmul,
+                    "max_step_tokens": self.max_step_tokens,
+                    "batch_width": len(requests),
+                }
             if job.result is not None:
                 results[i] = job.result
                 if on_done is not None:
@@ -295,7 +302,8 @@ class BatchDecoder:
                 sampled(job, self._prefill(job))
 
         # Generation: one token per sequence per call, in seq id order, at most
-        # MAX_STEP_TOKENS tokens per llama_decode call (more switch kernels, see there).
+        # max_step_tokens tokens per llama_decode call where more would switch kernels
+        # (llama_kernels.py).
         while active:
             active.sort(key=lambda j: j.slot.seq_id if j.slot else 0)
             fillers = gap_fillers(self._slots, {j.slot.seq_id for j in active if j.slot}, self.n_ctx_seq)
@@ -305,12 +313,13 @@ class BatchDecoder:
                 entries.extend(fillers.get(job.slot.seq_id, ()))
                 entries.append(job)
             active = []
-            for part in balanced_parts(entries, MAX_STEP_TOKENS):
+            for part in balanced_parts(entries, self.max_step_tokens or self.n_batch):
                 while part and isinstance(part[-1], Slot):  # a placeholder at the edge bridges nothing
                     part.pop()
                 while part and isinstance(part[0], Slot):
                     part.pop(0)
-                self._step(part, sampled)
+                if part:  # a part of placeholders only has nothing to decode
+                    self._step(part, sampled)
 
     def _step(self, part: list[_Job | Slot], sampled: Callable[[_Job, int], None]) -> None:
         """Decode one token of each job in part (placeholders in idle slots between them)."""

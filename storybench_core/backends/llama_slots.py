@@ -17,7 +17,9 @@ it is provably the same computation as a fresh one:
   same first prompt, a request repeated after a stop) reuses the whole cache
   *and the logits saved at the end of that evaluation*, so nothing is
   re-evaluated and nothing differs.
-- Generation steps hold at most MAX_STEP_TOKENS tokens (see there).
+- Every row of a generation step is computed the way it would be alone: ggml's
+  tiled matrix kernels for every call, checked when a batch context is made,
+  or at most 7 tokens per step (llama_kernels.py).
 
 So a response depends on the model file, the llama.cpp build and CPU
 kernels, the thread count and flash-attention setting, its prompt tokens and
@@ -33,13 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-# Tokens per generation call. On CPU (llama-cpp-python 0.3.36, x86 AVX-512 build, measured on the
-# bundled model) a decode call of 8 or more tokens runs matrix kernels that round differently
-# from the 1-token calls of the sequential path, and batched texts stop matching sequential
-# ones; 1 to 7 tokens match exactly. So 8 runs take two calls of 4 per step (still far fewer
-# weight passes than 8).
-MAX_STEP_TOKENS = 7
 
 # Prompts are evaluated in chunks of this many tokens at fixed positions, so that a cached
 # chunk is bitwise what a fresh evaluation computes (llama_batch.py). 64-token chunks
