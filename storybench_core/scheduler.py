@@ -6,7 +6,7 @@ are independent, so the scheduler keeps a set of up to `width` active ones
 and sends the next turn of each to the backend together — one `chat_batch`
 call per wave where the backend decodes several at once, otherwise (width 1)
 one `chat` call per turn. Width 1 is simply the smallest batch: the same
-loop, the same rules.
+loop and the same wave handler (a wave of one), the same rules.
 
 Per conversation, whatever the width: only missing tasks run (a resumed
 conversation is rebuilt from its stored turns), each response is stored the
@@ -103,6 +103,8 @@ class _Turn:
     pieces: list[str] = field(default_factory=list)
     tokens: int = 0
     done: bool = False
+    text: str | None = None  # the finished response's text and rate
+    completion_tps: float = 0.0
 
 
 class Scheduler:
@@ -121,7 +123,7 @@ class Scheduler:
         self.backend = backend
         self.width = max(1, width)
         self.group = group
-        # Width 1 uses `chat`, one turn at a time; above it every wave is one `chat_batch` call.
+        # Above width 1 every wave is one `chat_batch` call; width 1 is a wave of one, through `chat`.
         self.batched = self.width > 1 and can_batch(backend)
         gen = run.config.generation
         self.system: list[Message] = (
@@ -149,13 +151,9 @@ class Scheduler:
                     wave.append((conv, task))
             if not wave:
                 return  # nothing active and nothing admitted: every conversation is done
-            if self.batched:
-                if self.run.hooks.should_stop():
-                    raise StopRequested()
-                self._wave(wave)
-            else:
-                for conv, task in wave:
-                    self._one(conv, task)
+            # A backend that decodes one conversation at a time gets waves of one.
+            for part in [wave] if self.batched else [[item] for item in wave]:
+                self._wave(part)
 
     def _admits(self, tasks: list[Task], active: list[Conversation]) -> bool:
         return self.group == "evaluation" or not active or active[0].sequence == tasks[0].sequence
@@ -212,68 +210,13 @@ class Scheduler:
         self.run.store_failure(self.spec, turn.task, error, seed=turn.seed, messages=turn.fitted.messages)
         turn.conv.broke(turn.task)
 
-    # -- width 1: one turn through `chat` ---------------------------------------------------
-
-    def _one(self, conv: Conversation, task: Task) -> None:
-        hooks, label = self.run.hooks, task.label
-        if hooks.should_stop():
-            raise StopRequested()
-        hooks.event("info", f"generating {label}")
-        turn = self._prepare(conv, task)
-        if turn is None:
-            return
-        state = {"last": 0.0, "start": time.perf_counter(), "written": 0}
-
-        def on_token(piece: str) -> None:
-            # An empty piece is a backend's heartbeat while it waits: a chance to stop, no text.
-            if piece:
-                turn.pieces.append(piece)
-                turn.tokens += 1
-            now = time.perf_counter()
-            if now - state["last"] >= PROGRESS_EVERY_S:
-                state["last"] = now
-                if hooks.should_stop():
-                    raise StopRequested()
-                if state["written"] == turn.tokens:
-                    return  # nothing new to show: no progress write
-                state["written"] = turn.tokens
-                elapsed = max(now - state["start"], 1e-6)
-                self.run.progress(
-                    self.spec,
-                    task,
-                    {"partial_text": live_text(turn.pieces), "tokens_per_s": turn.tokens / elapsed},
-                )
-
-        self.run.progress(self.spec, task, {"partial_text": "", "tokens_per_s": None})
-        try:
-            completion = self.backend.chat(turn.fitted.messages, turn.settings, on_token)
-        except StopRequested:
-            hooks.event("warning", f"{label}: stopped by user; this response was not stored")
-            raise
-        except StorybenchError as exc:
-            self._failed(turn, str(exc))
-            return
-        except Exception as exc:  # a backend bug must not kill the whole evaluation
-            log.exception("backend crashed on %s", label)
-            hooks.event("error", f"{label}: unexpected {type(exc).__name__}: {exc} (details in the log file)")
-            self.run.store_failure(
-                self.spec, task, f"{type(exc).__name__}: {exc}", seed=turn.seed, messages=turn.fitted.messages
-            )
-            conv.broke(task)
-            return
-        doc = self._stored(turn, completion, None)
-        self.run.progress(
-            self.spec,
-            task,
-            {"partial_text": live_text(completion.text), "tokens_per_s": completion.tokens_per_s},
-        )
-        if hooks.on_response is not None:
-            hooks.on_response(doc, self.backend)
-
-    # -- above width 1: one wave through `chat_batch` ------------------------------------
+    # -- one wave: the next turn of each of its conversations ------------------------------
 
     def _wave(self, wave: list[tuple[Conversation, Task]]) -> None:
+        """Generate and store one turn of each conversation in the wave (one, at width 1)."""
         hooks = self.run.hooks
+        if hooks.should_stop():
+            raise StopRequested()
         turns = [t for t in (self._prepare(conv, task) for conv, task in wave) if t is not None]
         if not turns:
             return
@@ -285,9 +228,14 @@ class Scheduler:
         def progress(final: bool = False) -> None:
             elapsed = max(time.perf_counter() - started, 1e-6)
             lead = next((t for t in turns if not t.done), turns[-1])
+            tokens = sum(t.tokens for t in turns)
+            if not self.batched:  # one conversation: its text and its rate
+                rate = tokens / elapsed if not final else (lead.completion_tps or None)
+                text = live_text(lead.pieces) if not final or lead.text is None else live_text(lead.text)
+                self.run.progress(self.spec, lead.task, {"partial_text": text, "tokens_per_s": rate})
+                return
             # The Run page names runs; those of the lead's sequence are the ones it can tell apart.
             same = [t for t in turns if t.task.sequence == lead.task.sequence]
-            tokens = sum(t.tokens for t in turns)
             self.run.progress(
                 self.spec,
                 lead.task,
@@ -322,40 +270,49 @@ class Scheduler:
             turn = turns[i]
             turn.done = True
             turn.tokens = completion.completion_tokens
+            turn.text, turn.completion_tps = completion.text, completion.tokens_per_s
             if completion.finish_reason == "error":
                 self._failed(
                     turn, str(completion.extra.get("error") or "the backend could not generate this response")
                 )
             else:
-                finished.append(self._stored(turn, completion, len(turns)))
+                finished.append(self._stored(turn, completion, len(turns) if self.batched else None))
             if hooks.should_stop():  # between two stored responses is a clean place to stop
                 raise StopRequested()
 
+        start: dict[str, object] = {"partial_text": "", "tokens_per_s": None}
         self.run.progress(
-            self.spec, turns[0].task, {"partial_text": "", "tokens_per_s": None, "batch_width": len(turns)}
+            self.spec, turns[0].task, start | ({"batch_width": len(turns)} if self.batched else {})
         )
         try:
-            self.backend.chat_batch(  # type: ignore[attr-defined]
-                [t.fitted.messages for t in turns], [t.settings for t in turns], on_token, on_done
-            )
+            if self.batched:
+                self.backend.chat_batch(  # type: ignore[attr-defined]
+                    [t.fitted.messages for t in turns], [t.settings for t in turns], on_token, on_done
+                )
+            else:
+                (turn,) = turns
+                on_done(0, self.backend.chat(turn.fitted.messages, turn.settings, lambda p: on_token(0, p)))
         except StopRequested:
             unfinished = sum(1 for t in turns if not t.done)
             hooks.event(
                 "warning",
-                f"stopped by user; {unfinished} unfinished response(s) of this batch were not stored",
+                f"stopped by user; {unfinished} unfinished response(s) of this batch were not stored"
+                if self.batched
+                else f"{turns[0].task.label}: stopped by user; this response was not stored",
             )
             raise
         except Exception as exc:
             # A StorybenchError or a backend bug: the unfinished turns fail, the evaluation goes on.
+            error = str(exc)
             if not isinstance(exc, StorybenchError):
-                log.exception("batched generation crashed")
-            error = str(exc) if isinstance(exc, StorybenchError) else f"{type(exc).__name__}: {exc}"
+                log.exception("generation crashed on %s", self._wave_label(turns))
+                error = f"unexpected {type(exc).__name__}: {exc} (details in the log file)"
             self._fail_unfinished(turns, error)
         # A backend that returned without reporting a turn must not leave it silently missing.
         self._fail_unfinished(turns, "the backend returned no response for this run")
         elapsed = max(time.perf_counter() - started, 1e-6)
         tokens = sum(d["completion_tokens"] for d in finished)
-        if finished:
+        if finished and self.batched:
             hooks.event(
                 "info",
                 f"batch of {len(turns)}: {tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.1f} tok/s aggregate)",
@@ -379,6 +336,8 @@ class Scheduler:
 
     def _wave_label(self, turns: list[_Turn]) -> str:
         """'generating M · film · prompt 1 (x) for runs 1, 2, 3 together', one part per (sequence, prompt)."""
+        if len(turns) == 1 and not self.batched:
+            return f"generating {turns[0].task.label}"
         parts: dict[tuple[str, int, str], list[int]] = {}
         for t in turns:
             parts.setdefault((t.task.sequence, t.task.prompt_index, t.task.prompt_name), []).append(
