@@ -39,7 +39,9 @@ def test_tiled_is_the_default_and_sets_ggmls_switch(clean_env: pytest.MonkeyPatc
     assert llama_kernels.GGML_FORCE not in child
 
 
-def test_mixed_leaves_ggml_alone_and_caps_steps_below_the_tiled_kernels(clean_env: pytest.MonkeyPatch) -> None:
+def test_mixed_leaves_ggml_alone_and_caps_steps_below_the_tiled_kernels(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
     import os
 
     clean_env.setenv(llama_kernels.ENV, "Mixed")
