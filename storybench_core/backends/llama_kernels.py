@@ -152,3 +152,11 @@ def checked_step_limit(ctx: Any, batch: Any, n_vocab: int, n_seq: int) -> tuple[
         )
         return "mixed", MIXED_STEP_TOKENS
     return mode, limit
+
+
+# As early as the llama backends are imported, before any llama.cpp matrix product in this
+# process (ggml reads its switch once); a bad value is reported where a model is loaded.
+try:
+    apply()
+except ConfigError:
+    pass
