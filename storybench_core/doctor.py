@@ -42,6 +42,7 @@ def _llama() -> list[Check]:
     ]
     system = str(info.get("system_info", ""))
     checks.append(Check("llama.cpp build flags", "ok", system.strip() or "(no system info reported)"))
+    checks.append(_kernels())
     missing = missing_cpu_features(system, _cpu_flags())
     if missing:
         checks.append(
@@ -62,6 +63,25 @@ def _llama() -> list[Check]:
             )
         )
     return checks
+
+
+def _kernels() -> Check:
+    """Which CPU matrix kernels generation runs on (backends/llama_kernels.py)."""
+    from .backends import llama_kernels
+    from .errors import ConfigError
+
+    try:
+        llama_kernels.requested_mode()
+    except ConfigError as exc:
+        return Check("CPU matrix kernels", "fail", str(exc))
+    mode = llama_kernels.effective_mode()
+    limit = llama_kernels.step_limit(mode)
+    detail = {
+        "tiled": "tiled for every call: a decode step holds every conversation (checked per batch context)",
+        "vec_dot": "per-row kernels everywhere (GGML_CPU_TILED_MM=0): no step limit, slower prompts",
+        "mixed": f"llama.cpp's own choice: fastest one at a time, batched steps of at most {limit} tokens",
+    }[mode]
+    return Check("CPU matrix kernels", "ok", f"{mode} — {detail}")
 
 
 # llama.cpp's feature names (llama_print_system_info) and the /proc/cpuinfo flag each needs.

@@ -98,3 +98,19 @@ def test_a_failing_host_check_fails_the_verdict(
     lines = _lines(capsys.readouterr().out)
     assert "[FAIL] CPU features: llama.cpp was built for AVX512, which this CPU lacks" in lines
     assert lines[-1] == "doctor: 1 problem(s) found (CPU features); fix the FAIL lines above"
+
+
+def test_the_cpu_kernel_mode_is_reported_and_a_bad_one_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real check (no llama.cpp call: it reads the mode and ggml's variables)."""
+    from storybench_core.backends import llama_kernels
+
+    monkeypatch.delenv(llama_kernels.GGML_ENABLE, raising=False)
+    monkeypatch.setenv(llama_kernels.GGML_FORCE, "1")
+    check = doctor._kernels()
+    assert (check.status, check.detail.split(" — ")[0]) == ("ok", "tiled")
+    monkeypatch.delenv(llama_kernels.GGML_FORCE)
+    monkeypatch.setenv(llama_kernels.ENV, "mixed")
+    assert "at most 7 tokens" in doctor._kernels().detail
+    monkeypatch.setenv(llama_kernels.ENV, "turbo")
+    check = doctor._kernels()
+    assert check.status == "fail" and "STORYBENCH_CPU_MATMUL='turbo'" in check.detail
