@@ -159,8 +159,14 @@ def test_a_run_that_ends_early_is_done_first_and_the_others_go_on(backend: Llama
     )
     assert out[1].completion_tokens == 4 and out[1].finish_reason == "length"
     assert out[2].finish_reason == "stop" and "e" not in out[2].text
-    assert out[0].completion_tokens == 24 and out[0].finish_reason == "length"
-    assert done_order[-1] == 0 and done_order.index(1) < done_order.index(0)
+    # The first run may stop at the end of text before its 24 tokens: where depends on the CPU's rounding
+    # (it did at 15 on an AVX2-only build), so the test asks only what holds either way.
+    tokens = [c.completion_tokens for c in out]
+    assert tokens[0] <= 24 and (out[0].finish_reason == "length") == (tokens[0] == 24)
+    assert sorted(done_order) == [0, 1, 2]
+    # Each run is done when its own limit comes, in order of the tokens it took, and the rest go
+    # on: the first run's text is still its sequential text (below).
+    assert [tokens[i] for i in done_order] == sorted(tokens)
     assert all("".join(streamed[i]) == out[i].text for i in range(3))
     # Run 1 went on alone in slot 0 beside finished slots: its text is still the sequential one.
     assert out[0].text == backend.chat(convs[0], settings(1, 0.8, max_tokens=24)).text
