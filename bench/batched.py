@@ -236,9 +236,6 @@ def quickstart_config(args: argparse.Namespace, model: dict[str, Any], parallel_
 def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]]:
     """Each path on a freshly loaded model (load time not timed), as in a fresh worker: the
     batch decoder is sized by that path's width, its KV caches start empty."""
-    from storybench_core.width_probe import probe_rates, save_rates
-    from storybench_core.widths import choose_width
-
     n_ctx = quickstart_config(args, {"kind": "bundled"}, None).generation.n_ctx
     paths: list[tuple[str, int | None, dict[str, Any]]] = [
         ("width 1", 1, {}),
@@ -246,26 +243,10 @@ def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]
         ("whole evaluation", None, {}),
         *[(f"whole evaluation, parallel_runs {w}", w, {}) for w in args.widths],
     ]
-    if args.only_width1:
+    if args.only_width1:  # one width: nothing to measure
         paths = paths[:1]
-    backend, model = load_bundled(args, n_ctx)
-    try:
-        if args.only_width1:
-            raise _SkipProbe
-        config = quickstart_config(args, model, None)
-        most, _ = choose_width(backend, config.generation, len(config.sequences) * config.generation.runs)
-        probe = probe_rates(backend, most)
-        if not probe.kept:  # the timed whole-evaluation runs below must not measure again
-            save_rates(backend, probe.rates)
-        print(
-            f"decode rates by width ({probe.describe()}; the timed runs below use them; not timed): "
-            + ", ".join(f"{w}: {r:.1f}" for w, r in sorted(probe.rates.items())),
-            flush=True,
-        )
-    except _SkipProbe:
-        pass
-    finally:
-        backend.close()
+    else:
+        measure_widths(args, n_ctx)
     found: dict[str, Measurement | None] = {label: None for label, _, _ in paths}
     for _ in range(args.repeat):
         for label, parallel_runs, runner in paths:
@@ -280,8 +261,25 @@ def quickstart_rows(args: argparse.Namespace, store: Any) -> list[dict[str, Any]
     return [{"label": label, "m": m} for label, m in found.items() if m is not None]
 
 
-class _SkipProbe(Exception):
-    """--only-width1: no width measurement (one path, one width)."""
+def measure_widths(args: argparse.Namespace, n_ctx: int) -> None:
+    """The decode rates by width, measured once (not timed) and cached for the timed runs."""
+    from storybench_core.width_probe import probe_rates, save_rates
+    from storybench_core.widths import choose_width
+
+    backend, model = load_bundled(args, n_ctx)
+    try:
+        config = quickstart_config(args, model, None)
+        most, _ = choose_width(backend, config.generation, len(config.sequences) * config.generation.runs)
+        probe = probe_rates(backend, most)
+        if not probe.kept:  # the timed whole-evaluation runs below must not measure again
+            save_rates(backend, probe.rates)
+        print(
+            f"decode rates by width ({probe.describe()}; the timed runs below use them; not timed): "
+            + ", ".join(f"{w}: {r:.1f}" for w, r in sorted(probe.rates.items())),
+            flush=True,
+        )
+    finally:
+        backend.close()
 
 
 def mixed_width1_row(args: argparse.Namespace) -> dict[str, Any] | None:

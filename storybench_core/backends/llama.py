@@ -210,18 +210,17 @@ class LlamaBackend:
     def engine_info(self) -> dict[str, Any]:
         """What a response's exact text depends on besides its prompt and settings (stored with it)."""
         decoder = self._batch_decoder if self._batch_decoder and not self._batch_decoder.closed else None
+        # The decoder's checked kernels once it exists; before, what ggml's variables promise.
+        mode = decoder.cpu_matmul if decoder else llama_kernels.effective_mode()
+        step = decoder.max_step_tokens if decoder else llama_kernels.step_limit(mode)
         return {
             "llama_cpp_python": llama_cpp.__version__,
             "cpu_features": cpu_features(),
             "n_threads": self.n_threads,
             "flash_attn": self.flash_attn,
             "prompt_chunk_tokens": PROMPT_CHUNK_TOKENS,
-            "cpu_matmul": decoder.cpu_matmul if decoder else llama_kernels.effective_mode(),
-            "max_step_tokens": (
-                decoder.max_step_tokens
-                if decoder
-                else llama_kernels.step_limit(llama_kernels.effective_mode())
-            ),
+            "cpu_matmul": mode,
+            "max_step_tokens": step,
             "template": self.template.name,
             "model_file": self.model_path.name,
         }
@@ -325,7 +324,8 @@ def create_llama_backend(spec: ModelSpec, generation: GenerationSettingsConfig) 
     else:
         plan = plan_for_model(path, generation.n_ctx, generation.vram_limit_percent, snapshot=snapshot)
     n_threads = int(spec.options.get("n_threads") or snapshot.cpu_count_physical or os.cpu_count() or 1)
-    llama_kernels.apply()  # before llama.cpp's first matrix product in this process
+    # Applied at import already (quietly); here a bad STORYBENCH_CPU_MATMUL is a ConfigError.
+    llama_kernels.apply()
     flash_attn = spec.options.get("flash_attn", False)
     if not isinstance(flash_attn, bool):
         raise ConfigError(

@@ -21,8 +21,8 @@ reproducibility contract (llama_slots.py):
 everywhere: also consistent, slower on prompts; reported as "vec_dot".)
 
 The choice is not taken on trust: every batch context of 8 or more sequences
-first decodes one token alone and the same token in 8 rows and compares the
-logits bit for bit (`BatchDecoder`); where they differ (the variable was read
+first decodes 8 different tokens one by one and then together, and compares
+the logits bit for bit (`rows_agree`, from `BatchDecoder`); where they differ (the variable was read
 before we set it, another llama.cpp build), steps are capped at 7 and a warning
 says why. The mode and the cap are part of every response's `engine`.
 """
@@ -128,9 +128,9 @@ def rows_agree(ctx: Any, batch: Any, n_vocab: int) -> bool:
 
     alone = [decode([token]) for token in tokens]
     together = decode(tokens)
-    if together is None or any(a is None for a in alone):
+    if together is None:
         return False
-    return all(np.array_equal(a[0], b) for a, b in zip(alone, together, strict=True) if a is not None)
+    return all(a is not None and np.array_equal(a[0], b) for a, b in zip(alone, together, strict=True))
 
 
 def checked_step_limit(ctx: Any, batch: Any, n_vocab: int, n_seq: int) -> tuple[str, int | None]:
